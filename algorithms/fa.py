@@ -1,0 +1,60 @@
+"""fa — feedback alignment (Lillicrap, Cownden, Tweed & Akerman 2016, Nat. Commun. 7:13276).
+
+As bp, but the error travels down through a fixed random matrix B_l in place of W_lᵀ:
+
+    δ_L = e,   δ_{l-1} = (B_l δ_l) ⊙ f'(a_{l-1}),   ∇W_l = δ_l h_{l-1}ᵀ
+
+B_l is stored with W_l's shape (so the signal is ``δ_l @ B_l``, and ``B_l = W_l`` is bp);
+it is drawn once, seeded, with W_l's initialisation scale. Convolutions use B_l as the
+kernel of the transposed convolution.
+"""
+
+import math
+
+import torch
+
+from harness.algorithm import Algorithm, Capabilities, StepOutput, output_error, set_grad
+from harness.hparams import HParams, hp, loguniform
+from harness.registry import register_algorithm
+
+
+@register_algorithm
+class FeedbackAlignment(Algorithm):
+    name = "fa"
+    description = "feedback alignment: errors sent down through fixed random feedback matrices"
+    reference = "Lillicrap et al. 2016, Nat. Commun. 7:13276"
+    capabilities = Capabilities(layers=frozenset({"linear", "conv"}))
+
+    class Params(HParams):
+        feedback_scale: float = hp(1.0, "scale of B relative to Glorot-uniform of W's shape", gt=0, le=100,
+                                   search=loguniform(0.1, 10))
+
+    def setup(self):
+        self.B = []
+        for layer in self.net.layers[1:]:
+            w = layer.weight
+            bound = self.hp.feedback_scale * math.sqrt(6.0 / (layer.fan_in + layer.fan_out))
+            self.B.append((torch.rand(w.shape, generator=self.gen, device=w.device) * 2 - 1) * bound)
+
+    @torch.no_grad()
+    def compute_update(self, x, y):
+        with self.phase("forward"):
+            fw = self.net.forward_all(x)
+            loss, delta = output_error(fw.logits, y)
+        with self.phase("credit"):
+            layers = self.net.layers
+            for l in range(len(layers) - 1, -1, -1):
+                feedback = self.B[l - 1] if l > 0 else None
+                signal, gw, gb = layers[l].backward(delta, fw.h[l], feedback)
+                set_grad(layers[l].weight, gw)
+                set_grad(layers[l].bias, gb)
+                if l > 0:
+                    below = layers[l - 1]
+                    delta = below.act.backward(signal, fw.a[l - 1], fw.h[l])
+        return StepOutput(loss, fw.logits)
+
+    def extra_state(self):
+        return {"B": [b.clone() for b in self.B]}
+
+    def load_extra_state(self, state):
+        self.B = [b.to(self.device) for b in state["B"]]

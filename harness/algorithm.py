@@ -1,0 +1,171 @@
+"""The plugin contract: what an algorithm is (see DESIGN.md, "Plugin contract").
+
+An algorithm subclasses :class:`Algorithm`, declares ``name``, ``description``,
+``reference``, ``version`` (bump it whenever the update rule changes), its hyperparameters
+as a nested ``Params(HParams)`` class and its ``capabilities``, and implements
+
+* ``compute_update(x, y)``: write the update direction (a pseudo-gradient) of every forward
+  parameter into ``.grad`` and return the loss and logits, *without* changing any state
+  (the harness calls it on probe batches for the alignment metric);
+* optionally ``learn_feedback(x, y, out)`` for its own feedback state, and ``step`` if its
+  schedule is not "credit, then feedback";
+* ``extra_state``/``load_extra_state`` for checkpoints, ``diagnostics`` for per-epoch metrics.
+
+Work is marked with ``self.phase("forward" | "credit" | "feedback")`` for the cost meter.
+Only ``bp`` may call ``loss.backward()`` on the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from harness.cost import NullMeter
+from harness.errors import CreditbenchError, UnsupportedError
+from harness.hparams import HParams, TrainConfig
+from harness.networks import Network
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an algorithm supports; ``check`` refuses any other network with a clear error."""
+
+    layers: frozenset = frozenset({"linear"})
+    activations: frozenset | None = None  # None: any activation
+    transports_weights: bool = False  # uses W_lᵀ in the backward pass
+    needs_invertible: bool = False  # needs f⁻¹ (target propagation)
+
+    def check(self, algo: str, net: Network) -> None:
+        bad_layers = net.layer_kinds - self.layers
+        if bad_layers:
+            raise UnsupportedError(
+                f"algorithm '{algo}' does not support {'/'.join(sorted(bad_layers))} layers (network '{net.spec}'); "
+                f"supported layers: {', '.join(sorted(self.layers))}"
+            )
+        if self.activations is not None:
+            bad = net.activations - self.activations
+            if bad:
+                raise UnsupportedError(
+                    f"algorithm '{algo}' does not support activation {'/'.join(sorted(bad))} (network '{net.spec}'); "
+                    f"supported: {', '.join(sorted(self.activations))}"
+                )
+
+    def to_dict(self) -> dict:
+        return {
+            "layers": sorted(self.layers),
+            "activations": "any" if self.activations is None else sorted(self.activations),
+            "transports_weights": self.transports_weights,
+            "needs_invertible": self.needs_invertible,
+        }
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # scalar, mean cross-entropy of the batch
+    logits: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+
+class Algorithm:
+    name: ClassVar[str]
+    description: ClassVar[str]
+    reference: ClassVar[str]
+    version: ClassVar[int] = 1
+    Params: ClassVar[type[HParams]] = HParams
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, net: Network, params: HParams | dict | None = None, *,
+                 generator: torch.Generator | None = None, meter=None):
+        self.capabilities.check(self.name, net)
+        self.net = net
+        self.hp = params if isinstance(params, self.Params) else self.Params.build(params, owner=self.name)
+        self.gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(0)
+        self.meter = meter or NullMeter()
+        self.setup()
+
+    # ---------------------------------------------------------------- to override
+    def setup(self) -> None:
+        """Build extra state (feedback weights, inverses, ...) for ``self.net``."""
+
+    def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        raise NotImplementedError
+
+    def learn_feedback(self, x: torch.Tensor, y: torch.Tensor, out: StepOutput) -> None:
+        """Update the algorithm's own feedback state (forward weights are not touched here)."""
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        """One training update: pseudo-gradients into ``.grad``, then feedback learning."""
+        out = self.compute_update(x, y)
+        self.learn_feedback(x, y, out)
+        return out
+
+    def pretrain(self, data, batch_size: int) -> None:
+        """Optional feedback pre-training before forward training (e.g. DTP inverses)."""
+
+    def flop_period(self) -> int:
+        """Updates after which the per-update work repeats (the cost meter counts that many)."""
+        return 1
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        if state:
+            raise CreditbenchError(f"algorithm '{self.name}' has no extra state to restore")
+
+    def diagnostics(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Per-epoch diagnostics on the probe batch (off the training path)."""
+        return {}
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def device(self) -> torch.device:
+        return self.net.layers[0].weight.device
+
+    def phase(self, name: str):
+        return self.meter.phase(name)
+
+    @classmethod
+    def spec(cls) -> dict:
+        """A JSON-serialisable description, saved with every result."""
+        return {
+            "name": cls.name,
+            "version": cls.version,
+            "description": cls.description,
+            "reference": cls.reference,
+            "capabilities": cls.capabilities.to_dict(),
+            "hyperparameters": cls.Params.describe(),
+        }
+
+
+def output_error(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean softmax cross-entropy and e = ∂L/∂a_L = (softmax(a_L) − onehot(y)) / n.
+
+    Evaluated with the same ATen kernels as the cross-entropy's derivative in bp, so that
+    rules equal to bp in exact arithmetic are equal to it bit for bit."""
+    logp = torch.ops.aten._log_softmax(logits, 1, False)
+    loss, total = torch.ops.aten.nll_loss_forward(logp, y, None, 1, -100)
+    g = torch.ops.aten.nll_loss_backward(torch.ones_like(loss), logp, y, None, 1, -100, total)
+    return loss, torch.ops.aten._log_softmax_backward_data(g, logp, 1, logits.dtype)
+
+
+def set_grad(param: torch.Tensor, value: torch.Tensor) -> None:
+    param.grad = value
+
+
+def validate_algorithm_class(cls) -> None:
+    """Called by the registry: a plugin must declare its identity and its hyperparameters."""
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise CreditbenchError(f"{cls!r} is not an Algorithm subclass")
+    for attr in ("name", "description", "reference"):
+        if not isinstance(getattr(cls, attr, None), str) or not getattr(cls, attr):
+            raise CreditbenchError(f"algorithm class {cls.__name__} must declare a non-empty '{attr}'")
+    if not (isinstance(cls.Params, type) and issubclass(cls.Params, HParams)):
+        raise CreditbenchError(f"algorithm '{cls.name}': Params must subclass harness.hparams.HParams")
+    clash = set(cls.Params.model_fields) & set(TrainConfig.model_fields)
+    if clash:
+        raise CreditbenchError(
+            f"algorithm '{cls.name}' declares hyperparameters that clash with training ones: {sorted(clash)}"
+        )

@@ -1,0 +1,323 @@
+"""Networks: stacks of affine layers ``a_l = W_l h_{l-1} + b_l``, ``h_l = f(a_l)``, logits ``h_L = a_L``.
+
+A network is named by a preset (``mlp-5x256-tanh``, ``cnn-small-tanh``) or any spec string
+``mlp-<depth>x<width>-<activation>`` (e.g. ``mlp-2x64-relu``). Layers expose the pieces
+algorithms need (``pre``: the affine map; ``backward``: the input and parameter gradients
+for a given output signal and feedback weight) so that no algorithm re-derives them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.errors import ConfigError, UnknownNameError
+from harness.registry import NETWORKS, register_network
+
+
+# --------------------------------------------------------------------------- activations
+class Activation:
+    """An elementwise nonlinearity with its derivative and (where it exists) inverse."""
+
+    name = "?"
+    invertible = False
+
+    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def deriv(self, a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """f'(a), given a and h = f(a) (whichever is cheaper)."""
+        raise NotImplementedError
+
+    def backward(self, grad: torch.Tensor, a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """grad ⊙ f'(a): a signal carried back through the nonlinearity."""
+        return grad * self.deriv(a, h)
+
+    def inverse(self, h: torch.Tensor) -> torch.Tensor:
+        raise ConfigError(f"activation '{self.name}' is not invertible")
+
+    def clip(self, h: torch.Tensor) -> torch.Tensor:
+        """Clip h into the open range of f so that ``inverse`` is finite."""
+        return h
+
+
+class Tanh(Activation):
+    name, invertible = "tanh", True
+    eps = 1e-6
+
+    def __call__(self, a):
+        return torch.tanh(a)
+
+    def deriv(self, a, h):
+        return 1 - h * h
+
+    def backward(self, grad, a, h):
+        return torch.ops.aten.tanh_backward(grad, h)  # the kernel autograd uses
+
+    def inverse(self, h):
+        return torch.atanh(self.clip(h))
+
+    def clip(self, h):
+        return h.clamp(-1 + self.eps, 1 - self.eps)
+
+
+class LeakyReLU(Activation):
+    name, invertible = "leaky-relu", True
+    slope = 0.01
+
+    def __call__(self, a):
+        return F.leaky_relu(a, self.slope)
+
+    def deriv(self, a, h):
+        return torch.where(a > 0, 1.0, self.slope).to(a.dtype)
+
+    def inverse(self, h):
+        return torch.where(h > 0, h, h / self.slope)
+
+
+class ReLU(Activation):
+    name, invertible = "relu", False
+
+    def __call__(self, a):
+        return torch.relu(a)
+
+    def deriv(self, a, h):
+        return (a > 0).to(a.dtype)
+
+
+class Identity(Activation):
+    name, invertible = "linear", True
+
+    def __call__(self, a):
+        return a
+
+    def deriv(self, a, h):
+        return torch.ones_like(a)
+
+    def inverse(self, h):
+        return h
+
+
+ACTIVATIONS = {cls.name: cls for cls in (Tanh, LeakyReLU, ReLU, Identity)}
+
+
+def activation(name: str) -> Activation:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise UnknownNameError("activation", name, ACTIVATIONS) from None
+
+
+# --------------------------------------------------------------------------- layers
+class Layer(nn.Module):
+    """One affine layer (linear or conv) followed by its activation."""
+
+    kind = "?"
+
+    def __init__(self, act: Activation):
+        super().__init__()
+        self.act = act
+
+    def pre(self, h: torch.Tensor) -> torch.Tensor:
+        """a = W h + b."""
+        raise NotImplementedError
+
+    def backward(self, delta: torch.Tensor, h: torch.Tensor, feedback: torch.Tensor | None):
+        """Given δ = ∂L/∂a for this layer's output and its input h, return
+        (signal to the input computed with ``feedback`` in place of W — None if feedback is None,
+        grad W, grad b). ``feedback`` has W's shape; with ``feedback = W`` this is backprop."""
+        raise NotImplementedError
+
+    @property
+    def fan_in(self) -> int:
+        return self.weight[0].numel()
+
+    @property
+    def fan_out(self) -> int:
+        w = self.weight
+        return w.shape[0] * (w[0, 0].numel() if w.dim() > 2 else 1)
+
+
+class Linear(Layer):
+    kind = "linear"
+
+    def __init__(self, d_in: int, d_out: int, act: Activation):
+        super().__init__(act)
+        self.weight = nn.Parameter(torch.empty(d_out, d_in))
+        self.bias = nn.Parameter(torch.zeros(d_out))
+        self.in_features, self.out_features = d_in, d_out
+
+    def pre(self, h):
+        return F.linear(h.flatten(1), self.weight, self.bias)
+
+    def backward(self, delta, h, feedback):
+        h2 = h.flatten(1)
+        grad_in = None if feedback is None else (delta @ feedback).view_as(h)
+        return grad_in, delta.t() @ h2, delta.sum(0)
+
+
+class Conv(Layer):
+    kind = "conv"
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, act: Activation):
+        super().__init__(act)
+        self.weight = nn.Parameter(torch.empty(c_out, c_in, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(c_out))
+        self.stride, self.padding = stride, padding
+
+    def pre(self, h):
+        return F.conv2d(h, self.weight, self.bias, self.stride, self.padding)
+
+    def backward(self, delta, h, feedback):
+        weight = self.weight if feedback is None else feedback
+        mask = [feedback is not None, True, True]
+        grad_in, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            delta, h, weight, [weight.shape[0]], [self.stride] * 2, [self.padding] * 2, [1, 1], False, [0, 0], 1, mask
+        )
+        return grad_in, grad_w, grad_b
+
+
+# --------------------------------------------------------------------------- network
+@dataclass
+class Forward:
+    """Everything one forward pass computed: inputs ``h[0..L-1]`` of each layer, pre-activations
+    ``a[1..L]`` (stored 0-based: ``a[l]`` is layer l's output before f) and the logits."""
+
+    h: list[torch.Tensor]  # h[l] = input of layer l (h[0] = x)
+    a: list[torch.Tensor]  # a[l] = pre-activation of layer l
+    logits: torch.Tensor
+
+
+class Network(nn.Module):
+    def __init__(self, spec: str, layers: list[Layer]):
+        super().__init__()
+        self.spec = spec
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for layer in self.layers:
+            h = layer.act(layer.pre(h))
+        return h
+
+    def forward_all(self, x: torch.Tensor) -> Forward:
+        hs, as_ = [], []
+        h = x
+        for layer in self.layers:
+            hs.append(h)
+            a = layer.pre(h)
+            as_.append(a)
+            h = layer.act(a)
+        return Forward(hs, as_, h)
+
+    @property
+    def activations(self) -> set[str]:
+        return {layer.act.name for layer in self.layers[:-1]}
+
+    @property
+    def layer_kinds(self) -> set[str]:
+        return {layer.kind for layer in self.layers}
+
+    def weights(self) -> list[torch.Tensor]:
+        return [layer.weight for layer in self.layers]
+
+
+def init_weights(net: Network, scheme: str, generator: torch.Generator) -> None:
+    """Glorot-uniform (default, as in the literature), Kaiming-uniform or PyTorch's default; zero biases."""
+    with torch.no_grad():
+        for layer in net.layers:
+            w = layer.weight
+            if scheme == "glorot":
+                bound = math.sqrt(6.0 / (layer.fan_in + layer.fan_out))
+            elif scheme == "kaiming":
+                bound = math.sqrt(6.0 / layer.fan_in)
+            elif scheme == "torch":
+                bound = 1.0 / math.sqrt(layer.fan_in)
+            else:
+                raise ConfigError(f"unknown init '{scheme}'; valid: glorot, kaiming, torch")
+            w.copy_(torch.rand(w.shape, generator=generator, device=w.device) * 2 * bound - bound)
+            layer.bias.zero_()
+
+
+# --------------------------------------------------------------------------- specs
+@dataclass(frozen=True)
+class MLPSpec:
+    depth: int
+    width: int
+    activation: str
+    description: str = ""
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> list[Layer]:
+        d = math.prod(input_shape)
+        layers: list[Layer] = []
+        for _ in range(self.depth):
+            layers.append(Linear(d, self.width, activation(self.activation)))
+            d = self.width
+        layers.append(Linear(d, num_classes, Identity()))
+        return layers
+
+
+@dataclass(frozen=True)
+class CNNSpec:
+    """Small strided CNN (no pooling): conv3x3/s2 → f → conv3x3/s2 → f → linear."""
+
+    channels: tuple[int, ...]
+    activation: str
+    description: str = ""
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> list[Layer]:
+        if len(input_shape) != 3:
+            raise ConfigError(f"a CNN needs image inputs (C, H, W); this dataset gives shape {input_shape}")
+        c, hgt, wid = input_shape
+        layers: list[Layer] = []
+        for out in self.channels:
+            layers.append(Conv(c, out, 3, 2, 1, activation(self.activation)))
+            c, hgt, wid = out, (hgt + 1) // 2, (wid + 1) // 2
+        layers.append(Linear(c * hgt * wid, num_classes, Identity()))
+        return layers
+
+
+MLP_PATTERN = re.compile(r"^mlp-(\d+)x(\d+)-([a-z-]+)$")
+
+
+for _name, _desc in [
+    ("mlp-5x256-tanh", "MNIST/Fashion-MNIST MLP of Bartunov et al. 2018 and Meulemans et al. 2020"),
+    ("mlp-3x1024-tanh", "CIFAR-10 fully connected MLP of Bartunov et al. 2018 and Meulemans et al. 2020"),
+    ("mlp-1x1000-tanh", "784-1000-10 of Lillicrap et al. 2016 and Podlaski & Machens 2020"),
+    ("mlp-2x128-tanh", "small MLP for quick runs on digits"),
+]:
+    _m = MLP_PATTERN.match(_name)
+    register_network(_name)(MLPSpec(int(_m[1]), int(_m[2]), _m[3], _desc))
+
+register_network("cnn-small-tanh")(CNNSpec((16, 32), "tanh", "two strided 3x3 convolutions (16, 32 channels) + linear"))
+register_network("cnn-small-relu")(CNNSpec((16, 32), "relu", "as cnn-small-tanh with ReLU"))
+
+
+def resolve_spec(name: str):
+    """A registered preset, or an ``mlp-<depth>x<width>-<activation>`` spec string."""
+    if name in NETWORKS:
+        return NETWORKS.get(name)
+    m = MLP_PATTERN.match(name)
+    if m:
+        depth, width, act = int(m[1]), int(m[2]), m[3]
+        if act not in ACTIVATIONS:
+            raise UnknownNameError("activation", act, ACTIVATIONS)
+        if depth < 1 or width < 1:
+            raise ConfigError(f"network '{name}': depth and width must be ≥ 1")
+        return MLPSpec(depth, width, act)
+    raise UnknownNameError(
+        "network (preset, or mlp-<depth>x<width>-<activation>)", name, NETWORKS.names()
+    )
+
+
+def build_network(name: str, input_shape, num_classes: int, *, init: str = "glorot",
+                  generator: torch.Generator | None = None, device="cpu") -> Network:
+    spec = resolve_spec(name)
+    net = Network(name, spec.build(tuple(input_shape), num_classes)).to(device)
+    init_weights(net, init, generator or torch.Generator(device=device).manual_seed(0))
+    return net

@@ -1,0 +1,118 @@
+"""The only place that maps names to code: algorithms, datasets and network presets.
+
+Built-in algorithms are the modules of the ``algorithms`` package, each imported
+explicitly by name when the registry loads (a new algorithm is one new file there,
+with no other edit); third-party packages add algorithms
+through the entry-point group ``creditbench.algorithms`` (each entry point names a
+module or an algorithm class; importing it registers it). A plugin that fails to
+import is a loud error, never skipped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import pkgutil
+from importlib.metadata import entry_points
+from typing import Callable, Generic, Iterator, TypeVar
+
+from harness.errors import CreditbenchError, UnknownNameError
+
+T = TypeVar("T")
+
+ENTRY_POINT_GROUP = "creditbench.algorithms"
+
+
+class Registry(Generic[T]):
+    """A named table of things of one kind; duplicates are an error unless ``override=True``."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str, item: T, *, override: bool = False) -> T:
+        if name in self._items and not override and self._items[name] is not item:
+            raise CreditbenchError(f"duplicate {self.kind} id '{name}' (pass override=True to replace it)")
+        self._items[name] = item
+        return item
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise UnknownNameError(self.kind, name, self._items) from None
+
+    def names(self, pattern: str = "*") -> list[str]:
+        return sorted(n for n in self._items if fnmatch.fnmatch(n, pattern))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def unregister(self, name: str) -> None:
+        self._items.pop(name, None)
+
+
+ALGORITHMS: Registry = Registry("algorithm")
+DATASETS: Registry = Registry("dataset")
+NETWORKS: Registry = Registry("network")
+
+
+def register_algorithm(cls=None, *, override: bool = False):
+    """Class decorator: ``@register_algorithm`` on an :class:`~harness.algorithm.Algorithm` subclass."""
+
+    def wrap(c):
+        from harness.algorithm import validate_algorithm_class
+
+        validate_algorithm_class(c)
+        return ALGORITHMS.register(c.name, c, override=override)
+
+    return wrap(cls) if cls is not None else wrap
+
+
+def register_dataset(name: str, *, override: bool = False) -> Callable:
+    return lambda spec: DATASETS.register(name, spec, override=override)
+
+
+def register_network(name: str, *, override: bool = False) -> Callable:
+    return lambda spec: NETWORKS.register(name, spec, override=override)
+
+
+_loaded = False
+
+
+def load_plugins() -> None:
+    """Import the built-in algorithms and every entry-point plugin (once)."""
+    global _loaded
+    if _loaded:
+        return
+    import harness.datasets  # noqa: F401  (registers datasets)
+    import harness.networks  # noqa: F401  (registers network presets)
+
+    import algorithms
+
+    for mod in sorted(pkgutil.iter_modules(algorithms.__path__), key=lambda m: m.name):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"algorithms.{mod.name}")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not vanish silently
+            raise CreditbenchError(
+                f"algorithm plugin '{ep.name}' ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
+            ) from exc
+        if isinstance(obj, type) and getattr(obj, "name", None) not in ALGORITHMS:
+            register_algorithm(obj)
+    _loaded = True
+
+
+def get_algorithm(name: str):
+    load_plugins()
+    return ALGORITHMS.get(name)
+
+
+def algorithm_names(pattern: str = "*") -> list[str]:
+    load_plugins()
+    return ALGORITHMS.names(pattern)

@@ -1,0 +1,314 @@
+"""One trial: an algorithm trains a network on a dataset with the shared optimizer.
+
+Every epoch: train (per-update cost metered), evaluate train/val/test, compute the
+alignment with bp and the algorithm's diagnostics on a fixed probe batch, checkpoint,
+write the per-epoch table. Stops on patience/min_delta of validation accuracy, at the
+maximum number of epochs, or as ``diverged`` on a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from harness import store
+from harness.algorithm import Algorithm
+from harness.cost import PHASES, CostMeter, NullMeter, flop_counter
+from harness.datasets import Data, load_dataset
+from harness.errors import ConfigError, CreditbenchError
+from harness.hparams import HParams, TrainConfig
+from harness.metrics import alignment_angles
+from harness.networks import build_network
+from harness.provenance import environment
+from harness.registry import DATASETS, get_algorithm
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrialConfig(HParams):
+    """Everything that defines one trial (the resolved form is saved with every result)."""
+
+    algo: str
+    dataset: str = "digits"
+    network: str | None = Field(None, description="preset or mlp-<depth>x<width>-<activation>; None: dataset default")
+    seed: int = Field(0, ge=0, description="trial seed: initialisation, data order, algorithm noise")
+    train: dict = Field(default_factory=dict, description="TrainConfig overrides")
+    params: dict = Field(default_factory=dict, description="algorithm hyperparameter overrides")
+    data_dir: str | None = None
+    split_seed: int = Field(0, ge=0, description="seed of the train/validation split (independent of seed)")
+    val_size: float | None = Field(None, gt=0, description="validation images (≥ 1) or fraction (< 1)")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    probe_size: int = Field(256, ge=1, description="examples in the fixed probe batch for alignment/diagnostics")
+    target_acc: float | None = Field(None, gt=0, le=1, description="report updates/FLOPs to this val accuracy")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available; valid here: auto, cpu")
+    return dev
+
+
+def _derived_generator(seed: int, stream: int, device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1000003 + stream)
+
+
+class Trainer:
+    def __init__(self, cfg: TrialConfig | dict, data: Data | None = None):
+        cfg = cfg if isinstance(cfg, TrialConfig) else TrialConfig.build(cfg, owner="trial")
+        self.algo_cls: type[Algorithm] = get_algorithm(cfg.algo)
+        self.spec = DATASETS.get(cfg.dataset)
+        self.tc = TrainConfig.build(cfg.train, owner="training")
+        params = self.algo_cls.Params.build(cfg.params, owner=cfg.algo)
+        self.device = resolve_device(cfg.device)
+        network = cfg.network or self.spec.default_network
+        self.cfg = cfg.model_copy(update={"network": network})
+        self.resolved = {
+            **self.cfg.model_dump(exclude={"train", "params"}),
+            "algo_version": self.algo_cls.version,
+            "train": self.tc.model_dump(),
+            "params": params.model_dump(),
+        }
+        self.data = data if data is not None else load_dataset(
+            cfg.dataset, data_dir=cfg.data_dir, device=self.device, split_seed=cfg.split_seed,
+            val_size=int(cfg.val_size) if cfg.val_size and cfg.val_size >= 1 else cfg.val_size)
+        torch.manual_seed(cfg.seed)
+        self.net = build_network(network, self.data.input_shape, self.data.num_classes, init=self.tc.init,
+                                 generator=_derived_generator(cfg.seed, 0, self.device), device=self.device)
+        self.data_gen = _derived_generator(cfg.seed, 1, self.device)
+        self.meter = CostMeter(self.device)
+        self.algo = self.algo_cls(self.net, params, generator=_derived_generator(cfg.seed, 2, self.device),
+                                  meter=self.meter)
+        self.optimizer = self._optimizer()
+        n_probe = min(cfg.probe_size, len(self.data.y_train))
+        self.probe = (self.data.x_train[:n_probe], self.data.y_train[:n_probe])
+        self.epoch = 0
+        self.updates = 0
+        self.history: list[dict] = []
+        self.best = {"val_acc": -1.0, "epoch": 0, "test_acc": float("nan")}
+        self.bad_epochs = 0
+        self.status, self.stop_reason = "running", None
+        self.train_seconds = 0.0
+        self.pretrain_flops = 0.0
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        tc, params = self.tc, self.net.parameters()
+        if tc.optimizer == "adam":
+            return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        momentum = tc.momentum if tc.optimizer == "momentum" else 0.0
+        return torch.optim.SGD(params, lr=tc.lr, momentum=momentum, weight_decay=tc.weight_decay)
+
+    # ------------------------------------------------------------------ epochs
+    def _pretrain(self) -> None:
+        counter = flop_counter()
+        t0 = time.perf_counter()
+        with counter:
+            self.algo.pretrain(self.data, self.tc.batch_size)
+        self.pretrain_flops = float(counter.get_total_flops())
+        self.train_seconds += time.perf_counter() - t0
+
+    def train_epoch(self) -> dict:
+        data, bs = self.data, self.tc.batch_size
+        n = len(data.y_train)
+        n_batches = max(1, n // bs)  # the last partial batch is dropped (shapes fixed)
+        perm = torch.randperm(n, generator=self.data_gen, device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        period = self.algo.flop_period()
+        t0 = time.perf_counter()
+        for b in range(n_batches):
+            x, y = data.train_batch(perm[b * bs:(b + 1) * bs], self.data_gen)
+            count = not self.meter.counting_done and 1 <= self.updates <= period
+            with self.meter.update(count_flops=count):
+                out = self.algo.step(x, y)
+                self.optimizer.step()
+            if count and self.updates == period:
+                self.meter.close_flop_window()
+            self.updates += 1
+            loss_sum += out.loss.detach() * len(y)
+            correct += (out.logits.argmax(1) == y).sum()
+        self.train_seconds += time.perf_counter() - t0
+        seen = n_batches * min(bs, n)
+        return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> tuple[float, float]:
+        loss, correct = 0.0, 0
+        for i in range(0, len(y), batch):
+            logits = self.net(x[i:i + batch])
+            loss += F.cross_entropy(logits, y[i:i + batch], reduction="sum").item()
+            correct += (logits.argmax(1) == y[i:i + batch]).sum().item()
+        return loss / len(y), correct / len(y)
+
+    def _epoch_row(self, train: dict) -> dict:
+        d = self.data
+        val_loss, val_acc = self.evaluate(d.x_val, d.y_val)
+        test_loss, test_acc = self.evaluate(d.x_test, d.y_test)
+        flops = self.meter.flops_by_phase or {p: float("nan") for p in PHASES}
+        row = {
+            "epoch": self.epoch, "updates": self.updates, **train,
+            "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
+            **{f"flops_{p}": flops[p] * self.updates + (self.pretrain_flops if p == "feedback" else 0)
+               for p in PHASES},
+        }
+        row["flops_total"] = sum(row[f"flops_{p}"] for p in PHASES)
+        row["wall_time_s"] = self.train_seconds
+        cost = self.meter.summary()
+        row["seconds_per_update"] = cost["seconds_per_update"]
+        row["peak_memory_bytes"] = cost["peak_memory_bytes"]
+        if all(math.isfinite(p.detach().abs().sum().item()) for p in self.net.parameters()):
+            row.update(self.probe_metrics())
+        return row
+
+    def probe_metrics(self) -> dict:
+        """Alignment with bp and the algorithm's diagnostics, off the training path."""
+        meter, self.algo.meter = self.algo.meter, NullMeter()
+        try:
+            out = {f"angle_l{i + 1}": a for i, a in enumerate(alignment_angles(self.algo, *self.probe))}
+            out.update(self.algo.diagnostics(*self.probe))
+        finally:
+            self.algo.meter = meter
+            for p in self.net.parameters():
+                p.grad = None
+        return out
+
+    def run(self, out_dir: Path | None = None, *, on_epoch: Callable[[dict, "Trainer"], None] | None = None,
+            log=sys.stderr) -> dict:
+        """Train to convergence (or resume an interrupted trial in ``out_dir``); return the summary."""
+        out_dir = Path(out_dir) if out_dir is not None else None
+        if out_dir is not None and (out_dir / CHECKPOINT).exists():
+            self.load_checkpoint(out_dir / CHECKPOINT)
+            print(f"resuming {self.cfg.algo} from epoch {self.epoch} ({out_dir})", file=log)
+        if out_dir is not None:
+            store.write_json(out_dir / "config.json", self.resolved)
+        if self.epoch == 0 and self.status == "running":
+            self._pretrain()
+        while self.status == "running":
+            if self.epoch >= self.tc.epochs:
+                self.status, self.stop_reason = "ok", "max_epochs"
+                break
+            self.epoch += 1
+            train = self.train_epoch()
+            row = self._epoch_row(train)
+            self.history.append(row)
+            self._update_stopping(row)
+            print(self._progress(row), file=log, flush=True)
+            if out_dir is not None:
+                self.save(out_dir)
+            if on_epoch is not None:
+                on_epoch(row, self)
+        summary = self.summary()
+        if out_dir is not None:
+            self.save(out_dir)
+            store.write_json(out_dir / "summary.json", summary)
+        return summary
+
+    def _update_stopping(self, row: dict) -> None:
+        if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
+            self.status, self.stop_reason = "diverged", "non-finite loss"
+            return
+        if row["val_acc"] > self.best["val_acc"] + self.tc.min_delta or self.best["val_acc"] < 0:
+            self.best = {"val_acc": row["val_acc"], "epoch": row["epoch"], "test_acc": row["test_acc"]}
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.tc.patience:
+                self.status, self.stop_reason = "ok", "patience"
+                return
+        if self.epoch >= self.tc.epochs:
+            self.status, self.stop_reason = "ok", "max_epochs"
+
+    def _progress(self, row: dict) -> str:
+        return (f"[{self.cfg.algo} seed={self.cfg.seed}] epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}  "
+                f"train {row['train_acc']:.4f}  val {row['val_acc']:.4f}  test {row['test_acc']:.4f}  "
+                f"{row['seconds_per_update'] * 1e3:.2f} ms/update")
+
+    # ------------------------------------------------------------------ results
+    def summary(self) -> dict:
+        cost = self.meter.summary()
+        last = self.history[-1] if self.history else {}
+        out = {
+            "algo": self.cfg.algo, "algo_version": self.algo_cls.version, "dataset": self.cfg.dataset,
+            "network": self.cfg.network, "seed": self.cfg.seed, "status": self.status,
+            "stop_reason": self.stop_reason, "epochs": self.epoch, "best_epoch": self.best["epoch"],
+            "best_val_acc": self.best["val_acc"] if self.best["val_acc"] >= 0 else float("nan"),
+            "test_acc": self.best["test_acc"], "final_test_acc": last.get("test_acc", float("nan")),
+            "updates": self.updates, **cost, "pretrain_flops": self.pretrain_flops,
+            "wall_time_s": self.train_seconds,
+        }
+        if self.cfg.target_acc is not None:
+            hit = next((r for r in self.history if r["val_acc"] >= self.cfg.target_acc), None)
+            out["target_acc"] = self.cfg.target_acc
+            out["updates_to_target"] = hit["updates"] if hit else None
+            out["flops_to_target"] = hit["flops_total"] if hit else None
+        diag_keys = [k for k in last if k not in _BASE_COLUMNS and not k.startswith("angle_l")]
+        out["diagnostics"] = {k: last[k] for k in diag_keys}
+        out.update({k: last[k] for k in diag_keys})
+        out["angles"] = {k: v for k, v in last.items() if k.startswith("angle_l")}
+        out["config"] = self.resolved
+        out["algorithm"] = self.algo_cls.spec()
+        out["dataset_fingerprint"] = self.data.fingerprint
+        out["dataset_info"] = self.data.info
+        out["env"] = environment(self.device)
+        return out
+
+    def epochs_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.history)
+
+    def save(self, out_dir: Path) -> None:
+        store.write_csv(out_dir / "epochs.csv", self.epochs_frame())
+        store.save_torch(out_dir / CHECKPOINT, self.checkpoint())
+
+    def checkpoint(self) -> dict:
+        return {
+            "config": self.resolved, "epoch": self.epoch, "updates": self.updates, "history": self.history,
+            "best": self.best, "bad_epochs": self.bad_epochs, "status": self.status, "stop_reason": self.stop_reason,
+            "train_seconds": self.train_seconds, "pretrain_flops": self.pretrain_flops,
+            "net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "algo": self.algo.extra_state(), "algo_gen": self.algo.gen.get_state(),
+            "data_gen": self.data_gen.get_state(), "meter": self.meter.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_checkpoint(self, path: Path) -> None:
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+        mine = {**self.resolved, "train": {**self.resolved["train"], "epochs": None}}
+        theirs = {**ck["config"], "train": {**ck["config"]["train"], "epochs": None}}
+        if mine != theirs:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise CreditbenchError(f"{path} belongs to a different trial (differs in: {', '.join(diff)}); "
+                                   "use another --out directory")
+        self.epoch, self.updates, self.history = ck["epoch"], ck["updates"], ck["history"]
+        self.best, self.bad_epochs = ck["best"], ck["bad_epochs"]
+        self.status, self.stop_reason = ck["status"], ck["stop_reason"]
+        if self.status == "ok" and self.epoch < self.tc.epochs and self.stop_reason == "max_epochs":
+            self.status, self.stop_reason = "running", None  # more epochs were asked for
+        self.train_seconds, self.pretrain_flops = ck["train_seconds"], ck["pretrain_flops"]
+        self.net.load_state_dict(ck["net"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.algo.load_extra_state(ck["algo"])
+        self.algo.gen.set_state(ck["algo_gen"])
+        self.data_gen.set_state(ck["data_gen"])
+        self.meter.load_state_dict(ck["meter"])
+        torch.set_rng_state(ck["torch_rng"])
+
+
+_BASE_COLUMNS = {
+    "epoch", "updates", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+    "flops_forward", "flops_credit", "flops_feedback", "flops_total", "wall_time_s", "seconds_per_update",
+    "peak_memory_bytes",
+}
+
+
+def run_trial(cfg: TrialConfig | dict, out_dir: Path | None = None, **kwargs) -> dict:
+    return Trainer(cfg).run(out_dir, **kwargs)
