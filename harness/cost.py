@@ -69,14 +69,15 @@ class CostMeter:
         self.elementwise = elementwise
         self.updates_seen = 0
         self.step_ns: list[int] = []  # measured wall time per update (after warm-up)
-        self.phase_ns = {p: 0 for p in PHASES}
-        self.phase_ns_updates = 0
+        self.phase_ns: dict[str, list[int]] = {p: [] for p in PHASES}  # per timed update
         self.flops_by_phase: dict[str, float] | None = None  # averaged per update over the window
         self._counter: FlopCounterMode | None = None
         self._stack: list[str] = []
         self._mark_flops = 0
         self._mark_ns = 0
         self._window: list[dict[str, int]] = []
+        self._current: dict[str, int] = {}  # FLOPs of the update in progress, by phase
+        self._cur_ns: dict[str, int] = {}  # its wall time, by phase
         self._cuda_events: list = []
 
     # ------------------------------------------------------------------ phases
@@ -135,9 +136,8 @@ class CostMeter:
                     self._cuda_events.append((start, end))
                 else:
                     self.step_ns.append(t1 - t0)
-                    for p, ns in self._cur_ns.items():
-                        self.phase_ns[p] += ns
-                    self.phase_ns_updates += 1
+                    for p in PHASES:
+                        self.phase_ns[p].append(self._cur_ns.get(p, 0))
             self.updates_seen += 1
 
     def close_flop_window(self) -> None:
@@ -171,24 +171,21 @@ class CostMeter:
             out["timed_updates"] = int(ns.size)
         else:
             out["seconds_per_update"] = float("nan")
-        if self.phase_ns_updates:
-            out["seconds_per_update_by_phase"] = {
-                p: self.phase_ns[p] / self.phase_ns_updates / 1e9 for p in PHASES
-            }
+        if self.phase_ns["forward"]:
+            out["seconds_per_update_by_phase"] = {p: float(np.median(self.phase_ns[p])) / 1e9 for p in PHASES}
         out["peak_memory_bytes"] = peak_memory_bytes(self.device)
         return out
 
     def state_dict(self) -> dict:
         self._resolve_cuda()
         return {"updates_seen": self.updates_seen, "step_ns": list(self.step_ns), "flops_by_phase": self.flops_by_phase,
-                "phase_ns": dict(self.phase_ns), "phase_ns_updates": self.phase_ns_updates}
+                "phase_ns": {p: list(v) for p, v in self.phase_ns.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.updates_seen = state["updates_seen"]
         self.step_ns = list(state["step_ns"])
         self.flops_by_phase = state["flops_by_phase"]
-        self.phase_ns = dict(state["phase_ns"])
-        self.phase_ns_updates = state["phase_ns_updates"]
+        self.phase_ns = {p: list(v) for p, v in state["phase_ns"].items()}
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -15,8 +15,8 @@ class UnknownNameError(CreditbenchError, KeyError):
     def __init__(self, kind: str, name: str, valid):
         self.kind, self.name, self.valid = kind, name, sorted(valid)
         close = difflib.get_close_matches(str(name), self.valid, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        super().__init__(f"unknown {kind} '{name}'{hint} valid: {', '.join(self.valid) or '(none)'}")
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        super().__init__(f"unknown {kind} '{name}'{hint}; valid: {', '.join(self.valid) or '(none)'}")
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0]

@@ -119,7 +119,7 @@ def _one_line(exc: ValidationError, owner: str) -> str:
         ctx = err.get("ctx") or {}
         if "expected" in ctx:
             msg = f"must be one of {ctx['expected']}"
-        parts.append(f"{loc}={value!r}: {msg}")
+        parts.append(f"{loc}={value}: {msg}")
     prefix = f"{owner}: " if owner else ""
     return prefix + "invalid hyperparameter " + "; ".join(parts)
 
@@ -128,13 +128,14 @@ class TrainConfig(HParams):
     """Training hyperparameters shared by every algorithm (declared once, here)."""
 
     optimizer: Literal["sgd", "momentum", "adam"] = hp("adam", "shared optimizer applied to every algorithm's update")
-    lr: float = hp(1e-3, "learning rate of the forward weights", gt=0, le=10, search=loguniform(1e-4, 1e-2))
+    lr: float = hp(1e-3, "learning rate of the forward weights", gt=0, le=1e6, search=loguniform(1e-4, 1e-2))
     weight_decay: float = hp(0.0, "L2 weight decay (coupled, as torch.optim)", ge=0, le=1)
     momentum: float = hp(0.9, "momentum coefficient (optimizer=momentum only)", ge=0, lt=1)
     batch_size: int = hp(128, "training minibatch size", ge=1, le=65536)
     epochs: int = hp(100, "maximum number of epochs", ge=1, le=100000)
     patience: int = hp(10, "stop when validation accuracy has not improved by min_delta for this many epochs", ge=1)
     min_delta: float = hp(0.0, "smallest improvement of validation accuracy that resets patience", ge=0, le=1)
+    diverge_loss: float = hp(100.0, "a mean training loss above this (or non-finite) ends the trial as diverged", gt=0)
     init: Literal["glorot", "kaiming", "torch"] = hp("glorot", "weight initialisation (biases start at zero)")
 
 

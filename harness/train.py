@@ -217,6 +217,9 @@ class Trainer:
         if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
             self.status, self.stop_reason = "diverged", "non-finite loss"
             return
+        if row["train_loss"] > self.tc.diverge_loss:
+            self.status, self.stop_reason = "diverged", f"training loss {row['train_loss']:.3g} > {self.tc.diverge_loss:g}"
+            return
         if row["val_acc"] > self.best["val_acc"] + self.tc.min_delta or self.best["val_acc"] < 0:
             self.best = {"val_acc": row["val_acc"], "epoch": row["epoch"], "test_acc": row["test_acc"]}
             self.bad_epochs = 0

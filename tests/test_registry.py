@@ -1,0 +1,105 @@
+import pytest
+
+from harness.algorithm import Algorithm
+from harness.errors import CreditbenchError, UnknownNameError
+from harness.hparams import HParams, hp
+from harness.registry import ALGORITHMS, DATASETS, Registry, algorithm_names, get_algorithm, register_algorithm
+
+
+def test_builtins_registered():
+    names = algorithm_names()
+    assert {"bp", "fa"} <= set(names)
+    assert {"digits", "mnist", "fashion-mnist", "cifar10"} <= set(DATASETS.names())
+
+
+def test_unknown_algorithm_lists_valid_names_and_suggests():
+    with pytest.raises(UnknownNameError) as err:
+        get_algorithm("bpp")
+    msg = str(err.value)
+    assert "unknown algorithm 'bpp' (did you mean 'bp'?)" in msg and "bp" in msg and "fa" in msg and "did you mean" in msg
+    assert "\n" not in msg
+
+
+def test_duplicate_id_is_an_error():
+    reg = Registry("thing")
+    reg.register("a", 1)
+    with pytest.raises(CreditbenchError, match="duplicate thing id 'a'"):
+        reg.register("a", 2)
+    reg.register("a", 2, override=True)
+    assert reg.get("a") == 2
+
+
+def test_wildcard_listing():
+    assert algorithm_names("b*") == ["bp"]
+
+
+def test_plugin_registration_and_validation():
+    class Dummy(Algorithm):
+        name = "dummy-test"
+        description = "test plugin"
+        reference = "none"
+
+        class Params(HParams):
+            knob: float = hp(1.0, "a knob", gt=0)
+
+    try:
+        register_algorithm(Dummy)
+        assert get_algorithm("dummy-test") is Dummy
+        with pytest.raises(CreditbenchError, match="duplicate"):
+            class Dummy2(Dummy):
+                pass
+            register_algorithm(Dummy2)
+    finally:
+        ALGORITHMS.unregister("dummy-test")
+
+
+def test_plugin_hyperparameter_clashing_with_training_is_refused():
+    class Clash(Algorithm):
+        name = "clash-test"
+        description = "x"
+        reference = "x"
+
+        class Params(HParams):
+            lr: float = hp(1.0, "clashes with the shared lr")
+
+    with pytest.raises(CreditbenchError, match="clash"):
+        register_algorithm(Clash)
+    assert "clash-test" not in ALGORITHMS
+
+
+def test_entry_point_plugin_failing_to_import_is_loud(monkeypatch):
+    import harness.registry as registry
+
+    class FakeEP:
+        name, value, group = "broken", "no_such_module_xyz:Algo", registry.ENTRY_POINT_GROUP
+
+        def load(self):
+            import no_such_module_xyz  # noqa: F401
+
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [FakeEP()])
+    with pytest.raises(CreditbenchError, match="plugin 'broken'.*failed to import"):
+        registry.load_plugins()
+
+
+def test_entry_point_plugin_class_is_registered(monkeypatch):
+    import harness.registry as registry
+
+    class External(Algorithm):
+        name = "external-test"
+        description = "from a third-party package"
+        reference = "none"
+
+    class FakeEP:
+        name, value, group = "external-test", "pkg:External", registry.ENTRY_POINT_GROUP
+
+        def load(self):
+            return External
+
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [FakeEP()])
+    try:
+        registry.load_plugins()
+        assert get_algorithm("external-test") is External
+    finally:
+        ALGORITHMS.unregister("external-test")

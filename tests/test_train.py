@@ -1,0 +1,90 @@
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from harness.algorithm import Algorithm, Capabilities, StepOutput
+from harness.errors import CreditbenchError, UnsupportedError
+from harness.networks import build_network
+from harness.registry import ALGORITHMS, algorithm_names, get_algorithm, register_algorithm
+from harness.train import Trainer
+from tests.conftest import tiny_trial
+
+QUIET = open("/dev/null", "w")
+
+
+def test_run_directory_holds_every_file(digits, tmp_path):
+    summary = Trainer(tiny_trial("bp"), data=digits).run(tmp_path, log=QUIET)
+    for name in ("epochs.csv", "summary.json", "config.json", "checkpoint.pt"):
+        assert (tmp_path / name).exists(), name
+    epochs = pd.read_csv(tmp_path / "epochs.csv")
+    assert list(epochs.epoch) == [1, 2] and epochs.updates.tolist() == [16, 32]
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["test_acc"] == summary["test_acc"] and on_disk["config"]["seed"] == 0
+    assert on_disk["config"]["train"]["batch_size"] == 64 and on_disk["config"]["algo_version"] == 1
+    # cumulative FLOPs grow linearly with updates
+    assert epochs.flops_total[1] == pytest.approx(2 * epochs.flops_total[0])
+
+
+def test_patience_stops_and_test_acc_is_taken_at_best_validation_epoch(digits):
+    t = Trainer(tiny_trial("bp", train={"epochs": 200, "patience": 2, "lr": 0.05}), data=digits)
+    s = t.run(None, log=QUIET)
+    assert s["status"] == "ok" and s["stop_reason"] == "patience" and s["epochs"] < 200
+    rows = t.epochs_frame()
+    best = rows.loc[rows.epoch == s["best_epoch"]].iloc[0]
+    assert best.val_acc == s["best_val_acc"] == rows.val_acc.max()
+    assert best.test_acc == s["test_acc"]
+    assert s["epochs"] - s["best_epoch"] == 2
+
+
+def test_min_delta_counts_small_gains_as_no_improvement(digits):
+    s = Trainer(tiny_trial("bp", train={"epochs": 50, "patience": 3, "min_delta": 0.95}), data=digits).run(None, log=QUIET)
+    assert s["stop_reason"] == "patience" and s["epochs"] == 4  # no epoch can beat epoch 1 by 0.95
+
+
+def test_divergence_ends_the_trial_as_diverged(digits):
+    s = Trainer(tiny_trial("bp", train={"lr": 1e4, "epochs": 5}), data=digits).run(None, log=QUIET)
+    assert s["status"] == "diverged" and s["epochs"] == 1 and "100" in s["stop_reason"]
+
+
+def test_nan_loss_is_diverged(digits):
+    bad = digits.__class__(**{**digits.__dict__, "x_train": digits.x_train * float("nan")})
+    s = Trainer(tiny_trial("fa"), data=bad).run(None, log=QUIET)
+    assert s["status"] == "diverged" and s["stop_reason"] == "non-finite loss"
+
+
+def test_other_trial_checkpoint_is_refused(digits, tmp_path):
+    Trainer(tiny_trial("bp"), data=digits).run(tmp_path, log=QUIET)
+    with pytest.raises(CreditbenchError, match="different trial.*seed"):
+        Trainer(tiny_trial("bp", seed=3), data=digits).run(tmp_path, log=QUIET)
+
+
+def test_finished_trial_resumes_without_training(digits, tmp_path):
+    first = Trainer(tiny_trial("bp"), data=digits).run(tmp_path, log=QUIET)
+    again = Trainer(tiny_trial("bp"), data=digits).run(tmp_path, log=QUIET)
+    assert again["updates"] == first["updates"] and again["test_acc"] == first["test_acc"]
+
+
+def test_unsupported_network_is_refused_with_supported_list():
+    class LinearOnly(Algorithm):
+        name = "linear-only-test"
+        description = "x"
+        reference = "x"
+        capabilities = Capabilities(layers=frozenset({"linear"}), activations=frozenset({"tanh"}))
+
+    register_algorithm(LinearOnly)
+    try:
+        for spec, needle in (("cnn-small-tanh", "does not support conv layers.*supported layers: linear"),
+                             ("mlp-2x8-relu", "does not support activation relu.*supported: tanh")):
+            net = build_network(spec, (1, 8, 8), 10)
+            with pytest.raises(UnsupportedError, match=needle):
+                LinearOnly(net)
+    finally:
+        ALGORITHMS.unregister("linear-only-test")
+
+
+def test_fa_trains_the_cnn_preset(digits):
+    s = Trainer(tiny_trial("fa", network="cnn-small-tanh", train={"epochs": 5, "lr": 0.01}), data=digits).run(None, log=QUIET)
+    assert s["status"] == "ok" and s["test_acc"] > 0.85
