@@ -7,7 +7,6 @@ rejected with a one-line :class:`~harness.errors.ConfigError`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -163,6 +162,3 @@ def split_overrides(overrides: dict, algo_params: type[HParams], algo: str) -> t
             raise UnknownNameError(f"hyperparameter (training or {algo})", key, valid)
     return train, algo_values
 
-
-def is_finite_number(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -29,4 +29,4 @@ def alignment_angles(algo, x: torch.Tensor, y: torch.Tensor) -> list[float]:
     """Per layer, the angle between the algorithm's weight update and the bp gradient on (x, y)."""
     reference = bp_gradients(algo.net, x, y)
     algo.compute_update(x, y)
-    return [angle_degrees(w.grad, g) for w, g in zip(algo.net.weights(), reference)]
+    return [angle_degrees(w.grad, g) for w, g in zip(algo.net.weights(), reference, strict=True)]

@@ -42,7 +42,7 @@ def test_one_update_changes_every_trainable_parameter(name):
     out = algo.step(*batch())
     opt.step()
     assert math.isfinite(out.loss.item()) and torch.isfinite(out.logits).all()
-    for (pname, p), b in zip(net.named_parameters(), before):
+    for (pname, p), b in zip(net.named_parameters(), before, strict=True):
         assert torch.isfinite(p.grad).all(), pname
         assert not torch.equal(p.detach(), b), f"{name} did not change {pname}"
 
@@ -58,8 +58,8 @@ def test_compute_update_changes_no_state(name):
     g1 = [p.grad.clone() for p in net.parameters()]
     algo.compute_update(x, y)
     g2 = [p.grad.clone() for p in net.parameters()]
-    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
-    assert all(torch.equal(a, p) for a, p in zip(params, net.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
+    assert all(torch.equal(a, p) for a, p in zip(params, net.parameters(), strict=True))
     assert torch.equal(gen, algo.gen.get_state())
     assert repr(extra) == repr(algo.extra_state())
 

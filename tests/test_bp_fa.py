@@ -21,7 +21,7 @@ def test_fa_with_transposed_feedback_equals_bp_exactly(spec):
     fa = get_algorithm("fa")(net)
     fa.B = [layer.weight.detach().clone() for layer in net.layers[1:]]  # B_l = W_l (stored W-shaped)
     g_fa = grads(fa, x, y)
-    for a, b in zip(g_bp, g_fa):
+    for a, b in zip(g_bp, g_fa, strict=True):
         assert torch.equal(a, b)
 
 
@@ -31,7 +31,7 @@ def test_bp_matches_autograd_and_angle_is_zero():
     bp = get_algorithm("bp")(net)
     assert alignment_angles(bp, x, y) == [0.0, 0.0, 0.0]
     ref = bp_gradients(net, x, y)
-    assert all(torch.equal(w.grad, g) for w, g in zip(net.weights(), ref))
+    assert all(torch.equal(w.grad, g) for w, g in zip(net.weights(), ref, strict=True))
 
 
 @pytest.mark.parametrize("spec", ["mlp-2x32-tanh", "cnn-small-tanh"])
@@ -48,11 +48,11 @@ def test_fa_feedback_is_seeded_and_fixed():
     a = get_algorithm("fa")(net, generator=torch.Generator().manual_seed(1))
     b = get_algorithm("fa")(net, generator=torch.Generator().manual_seed(1))
     c = get_algorithm("fa")(net, generator=torch.Generator().manual_seed(2))
-    assert all(torch.equal(p, q) for p, q in zip(a.B, b.B))
+    assert all(torch.equal(p, q) for p, q in zip(a.B, b.B, strict=True))
     assert not torch.equal(a.B[0], c.B[0])
     before = [bb.clone() for bb in a.B]
     a.step(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)))
-    assert all(torch.equal(p, q) for p, q in zip(before, a.B))
+    assert all(torch.equal(p, q) for p, q in zip(before, a.B, strict=True))
 
 
 def test_angle_degrees():

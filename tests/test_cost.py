@@ -23,7 +23,7 @@ def mlp():
 
 
 def analytic():
-    pairs = list(zip(DIMS[:-1], DIMS[1:]))
+    pairs = list(zip(DIMS[:-1], DIMS[1:], strict=True))
     forward = sum(2 * N * a * b for a, b in pairs)
     weight_grads = sum(2 * N * a * b for a, b in pairs)
     input_grads = sum(2 * N * a * b for a, b in pairs[1:])  # no signal below the first layer

@@ -1,14 +1,12 @@
 import json
-import math
 
 import pandas as pd
 import pytest
-import torch
 
-from harness.algorithm import Algorithm, Capabilities, StepOutput
+from harness.algorithm import Algorithm, Capabilities
 from harness.errors import CreditbenchError, UnsupportedError
 from harness.networks import build_network
-from harness.registry import ALGORITHMS, algorithm_names, get_algorithm, register_algorithm
+from harness.registry import ALGORITHMS, register_algorithm
 from harness.train import Trainer
 from tests.conftest import tiny_trial
 
