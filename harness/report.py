@@ -35,7 +35,8 @@ FIGURE_CAPTIONS = {
 
 
 def build_report(dirs: list[Path | str], out: Path | str | None = None, *, reference: str = "bp",
-                 target: str = "95%", target_metric: str = "val_acc", command: str | None = None) -> dict:
+                 target: str = "95%", target_metric: str = "val_acc", command: str | None = None,
+                 figures: bool = True) -> dict:
     """Write the report; return {"report": path, "figures": [...], "tables": [...], "summary": frame}."""
     from harness import report_figures as figs
 
@@ -48,7 +49,8 @@ def build_report(dirs: list[Path | str], out: Path | str | None = None, *, refer
             raise ResultsError("several results directories are combined: name where the report goes with --out DIR")
         out = results.sources[0].path
     out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    if figures:
+        (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
 
     searched = {key: searched_names(results, g) for key, g in results.trials.groupby(GROUP)}
@@ -58,6 +60,7 @@ def build_report(dirs: list[Path | str], out: Path | str | None = None, *, refer
     failures = failure_table(results, searched)
     colours = figs.palette(algo_order(results.trials["algo"], reference))
 
+    draw = figures
     tables, figures, skipped = [], [], {}
 
     def write_table(name, frame, tex=None):
@@ -95,7 +98,9 @@ def build_report(dirs: list[Path | str], out: Path | str | None = None, *, refer
             "sensitivity": lambda p: figs.sensitivity(trials, spaces, colours, reference, dataset, network, p),
         }
         for name, job in jobs.items():
-            if epochs.empty and name not in ("cost_by_phase", "sensitivity"):
+            if not draw:
+                path, why = None, "figures disabled (--no-figures)"
+            elif epochs.empty and name not in ("cost_by_phase", "sensitivity"):
                 path, why = None, "no epochs.csv"
             else:
                 path, why = job(out / "figures" / f"{name}_{key}.png")
@@ -298,6 +303,7 @@ def add_parser(sub) -> None:
     r.add_argument("--target-metric", default="val_acc", choices=("val_acc", "test_acc"),
                    help="which epochs.csv curve must reach the target (default: val_acc)")
     r.add_argument("--reference", default="bp", help="algorithm the ratios and differences are taken against")
+    r.add_argument("--no-figures", action="store_true", help="write the tables and report.md only (faster)")
     r.add_argument("--results-root", default="results",
                    help="where to look for the newest results directory when no DIR is given (default: results)")
     r.set_defaults(func=cmd_report)
@@ -307,7 +313,7 @@ def cmd_report(args) -> int:
     dirs = args.dirs or [newest_results_dir(Path(args.results_root))]
     command = "creditbench report " + " ".join(shlex.quote(str(a)) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
     out = build_report(dirs, args.out, reference=args.reference, target=args.target,
-                       target_metric=args.target_metric, command=command)
+                       target_metric=args.target_metric, command=command, figures=not args.no_figures)
     summary = out["summary"]
     for (dataset, network), s in (summary.groupby(["dataset", "network"]) if not summary.empty else []):
         print(f"\n{dataset} / {network}")

@@ -62,6 +62,17 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _figure_legend(fig, ax) -> None:
+    """One legend for a multi-panel figure, right of the panels (panels share algorithms and colours)."""
+    seen = {}
+    for a in fig.axes:
+        for h, lab in zip(*a.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen.keys()), title="algorithm", fontsize=8, loc="upper left",
+                   bbox_to_anchor=(1.0, 0.92))
+
+
 def _title(ax_or_fig, dataset, network, what):
     text = f"{what} — {dataset}, {network}"
     if hasattr(ax_or_fig, "suptitle"):
@@ -139,10 +150,11 @@ def cost_by_phase(summary: pd.DataFrame, colours, dataset, network, out: Path):
     for tick, algo in zip(ax.get_xticklabels(), summary["algo"]):
         tick.set_color(colours[algo])
         tick.set_fontweight("bold")
+    ax.set_ylim(0, 1.1 * bottom.max() if bottom.max() > 0 else 1)
     ax.set_ylabel("FLOPs per update")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     ax.set_xlabel("algorithm")
-    ax.legend(title="phase", fontsize=8)
+    ax.legend(title="phase", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     _title(ax, dataset, network, "Cost per update by phase")
     return _save(fig, out), None
 
@@ -170,9 +182,9 @@ def alignment(epochs, colours, reference, dataset, network, out: Path):
         ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in list(axes.flat)[len(layers):]:
         ax.set_visible(False)
-    axes.flat[0].legend(title="algorithm", fontsize=8)
     _title(fig, dataset, network, "Alignment of the update with the bp gradient (probe batch)")
     fig.tight_layout()
+    _figure_legend(fig, axes.flat[0])
     return _save(fig, out), None
 
 
@@ -206,53 +218,84 @@ def diagnostics(epochs, colours, reference, dataset, network, out: Path):
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{col} (dimensionless)")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend(title="algorithm", fontsize=8)
     for ax in list(axes.flat)[len(cols):]:
         ax.set_visible(False)
     _title(fig, dataset, network, "Algorithm diagnostics on the probe batch")
     fig.tight_layout()
+    _figure_legend(fig, axes.flat[0])
     return _save(fig, out), None
 
 
 def sensitivity(trials, spaces: dict, colours, reference, dataset, network, out: Path):
-    """Search phase: best validation accuracy of each trial vs each hyperparameter that varied."""
+    """Search phase: best validation accuracy of each trial vs each hyperparameter that varied.
+
+    One row per algorithm, training hyperparameters first; the configuration carried into the final
+    phase is starred; diverged/failed trials are crosses (at 0 when they have no accuracy).
+    """
+    from harness.hparams import TrainConfig
+
     search = trials[trials["phase"] == "search"]
-    panels = []
+    final_ids = set(trials.loc[trials["phase"] == "final", "config_id"].astype(str)) if "config_id" in trials else set()
+    rows = []
     for algo in algo_order(search["algo"], reference):
         sub = search[search["algo"] == algo]
-        for col in sorted(c for c in sub.columns if c.startswith("hp.")):
-            if sub[col].dropna().astype(str).nunique() > 1:
-                panels.append((algo, col[3:], sub))
-    if not panels:
+        names = [c[3:] for c in sub.columns if c.startswith("hp.") and sub[c].dropna().astype(str).nunique() > 1]
+        names.sort(key=lambda n: (n not in TrainConfig.model_fields, n))
+        if names:
+            rows.append((algo, sub, names))
+    if not rows:
         return None, "no hyperparameter varied in a search phase"
     _style()
-    ncol = min(len(panels), 3)
-    nrow = math.ceil(len(panels) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.0 * ncol, 3.4 * nrow), squeeze=False, sharey=True)
-    for ax, (algo, name, sub) in zip(axes.flat, panels):
-        x = pd.to_numeric(sub[f"hp.{name}"], errors="coerce")
-        y = 100 * pd.to_numeric(sub["best_val_acc"], errors="coerce")
-        bad = sub["status"].isin(["diverged", "failed"]).to_numpy()
-        categorical = x.isna().all()
-        if categorical:
-            cats = sorted(sub[f"hp.{name}"].astype(str).unique())
-            x = sub[f"hp.{name}"].astype(str).map({c: i for i, c in enumerate(cats)})
-            ax.set_xticks(range(len(cats)), cats)
-        ok = ~bad & y.notna().to_numpy()
-        ax.scatter(x[ok], y[ok], color=colours[algo], s=28, edgecolor="black", linewidth=0.4, label="ok")
-        if bad.any():
-            yb = y.where(y.notna(), 0)[bad]
-            ax.scatter(x[bad], yb, marker="x", color="black", s=36, label="diverged / failed")
-            ax.legend(fontsize=7)
-        space = spaces.get(algo, {}).get(name) or {}
-        if not categorical and (space.get("kind") in ("loguniform", "qloguniform")
-                                or (not space and (x > 0).all() and x.max() / x.min() >= 100)):
-            ax.set_xscale("log")
-        ax.set_xlabel(f"{name}" + (" (log scale)" if ax.get_xscale() == "log" else ""))
-        ax.set_ylabel("best validation accuracy (%)")
-        ax.set_title(algo, color=colours[algo], fontweight="bold")
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
+    ncol = max(len(names) for _, _, names in rows)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(4.0 * ncol, 3.3 * len(rows)), squeeze=False, sharey=True)
+    for r, (algo, sub, names) in enumerate(rows):
+        for c in range(ncol):
+            ax = axes[r, c]
+            if c >= len(names):
+                ax.set_visible(False)
+                continue
+            _sensitivity_panel(ax, algo, names[c], sub, spaces.get(algo, {}).get(names[c]) or {}, colours[algo],
+                               final_ids)
+    handles = [plt.Line2D([], [], marker="o", ls="", color="grey", markeredgecolor="black", label="search trial"),
+               plt.Line2D([], [], marker="*", ls="", color="grey", markeredgecolor="black", ms=12,
+                          label="selected for final phase"),
+               plt.Line2D([], [], marker="x", ls="", color="black", label="diverged / failed")]
     _title(fig, dataset, network, "Search-phase sensitivity (one point per trial)")
     fig.tight_layout()
+    fig.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.92))
     return _save(fig, out), None
+
+
+def _sensitivity_panel(ax, algo, name, sub, space, colour, final_ids):
+    from matplotlib.ticker import NullFormatter
+
+    raw = sub[f"hp.{name}"]
+    x = pd.to_numeric(raw, errors="coerce")
+    y = 100 * pd.to_numeric(sub["best_val_acc"], errors="coerce")
+    bad = sub["status"].isin(["diverged", "failed"]).to_numpy()
+    chosen = sub["config_id"].astype(str).isin(final_ids).to_numpy() if "config_id" in sub else np.zeros(len(sub), bool)
+    categorical = x.isna().all()
+    if categorical:
+        cats = sorted(raw.astype(str).unique())
+        x = raw.astype(str).map({v: i for i, v in enumerate(cats)})
+        ax.set_xticks(range(len(cats)), cats)
+    ok = ~bad & y.notna().to_numpy()
+    ax.scatter(x[ok & ~chosen], y[ok & ~chosen], color=colour, s=30, edgecolor="black", linewidth=0.4)
+    ax.scatter(x[ok & chosen], y[ok & chosen], color=colour, marker="*", s=170, edgecolor="black", linewidth=0.6,
+               zorder=3)
+    if bad.any():
+        ax.scatter(x[bad], y.where(y.notna(), 0)[bad], marker="x", color="black", s=40)
+    log = not categorical and (space.get("kind") in ("loguniform", "qloguniform")
+                               or (not space and (x > 0).all() and x.max() / x.min() >= 100))
+    if log:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if not categorical and "low" in space and "high" in space:
+        lo, hi = float(space["low"]), float(space["high"])
+        lo, hi = min(lo, x.min()), max(hi, x.max())
+        pad = (hi / lo) ** 0.05 if log and lo > 0 else None
+        ax.set_xlim((lo / pad, hi * pad) if pad else (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)))
+    where = f"searched: {space['kind']}" if space else "searched"
+    ax.set_xlabel(f"{name} ({where}" + (", log scale)" if log else ")"))
+    ax.set_ylabel("best validation accuracy (%)")
+    ax.set_title(algo, color=colour, fontweight="bold")

@@ -284,8 +284,9 @@ def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary as strings for one dataset × network (markdown/LaTeX)."""
     rows = []
     for _, r in summary.iterrows():
-        ci = (f"[{pct(r.test_acc_ci_low)}, {pct(r.test_acc_ci_high)}]" if np.isfinite(r.test_acc_ci_low)
-              else "n/a (n<2)")
+        # accuracies live in [0, 1]: the displayed interval is clipped there (the CSV keeps the raw bounds)
+        ci = (f"[{pct(max(r.test_acc_ci_low, 0.0))}, {pct(min(r.test_acc_ci_high, 1.0))}]"
+              if np.isfinite(r.test_acc_ci_low) else "n/a (n<2)")
         acc = pct(r.test_acc_mean) + (f" ± {pct(r.test_acc_std)}" if np.isfinite(r.test_acc_std) else "")
         val = pct(r.best_val_acc_mean) + (f" ± {pct(r.best_val_acc_std)}" if np.isfinite(r.best_val_acc_std) else "")
         ep = "—" if not np.isfinite(r.best_epoch_mean) else f"{r.best_epoch_mean:.1f}"
@@ -331,8 +332,12 @@ _TEX_ESCAPE = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#
                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
 
+_TEX_SYMBOLS = {"±": r"$\pm$", "×": r"$\times$", "—": "--", "Δ": r"$\Delta$", "<": r"$<$", ">": r"$>$",
+                "≥": r"$\geq$", "≤": r"$\leq$"}
+
+
 def tex_escape(s) -> str:
-    return "".join(_TEX_ESCAPE.get(ch, ch) for ch in str(s))
+    return "".join(_TEX_ESCAPE.get(ch) or _TEX_SYMBOLS.get(ch, ch) for ch in str(s))
 
 
 def latex_table(header: list[str], rows: list[list[str]], bold: list[list[bool]] | None = None,
@@ -349,7 +354,7 @@ def latex_table(header: list[str], rows: list[list[str]], bold: list[list[bool]]
     for i, row in enumerate(rows):
         cells = []
         for j, c in enumerate(row):
-            text = tex_escape(c).replace("±", r"$\pm$").replace("×", r"$\times$").replace("—", "--").replace("Δ", r"$\Delta$")
+            text = tex_escape(c)
             cells.append(r"\textbf{" + text + "}" if bold and bold[i][j] else text)
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
@@ -361,6 +366,8 @@ def _best_mask(values: pd.Series, higher: bool) -> list[bool]:
     if not v.notna().any():
         return [False] * len(v)
     best = v.max() if higher else v.min()
+    if np.isclose(v.dropna(), best).all():
+        return [False] * len(v)  # a tie across every row singles nothing out
     return [bool(np.isfinite(x) and np.isclose(x, best)) for x in v]
 
 
