@@ -180,7 +180,7 @@ def test_combined_directories_equal_the_single_run(dirs, main_report, tmp_path):
 
 def test_algorithm_missing_from_some_directories(dirs, tmp_path):
     """main has bp/fa/fa_probe on tanh, diverged has bp/fa on linear; fa alone has no reference."""
-    result = build_report([dirs["main"], dirs["diverged"]], tmp_path / "a")
+    result = build_report([dirs["main"], dirs["diverged"]], tmp_path / "a", figures=False)
     s = result["summary"]
     assert set(s.loc[s["network"] == "mlp-1x16-linear", "algo"]) == {"bp", "fa"}
     text = (tmp_path / "a" / "report.md").read_text()
