@@ -45,13 +45,16 @@ def slug(*parts: str) -> str:
     return "_".join("".join(ch if ch.isalnum() or ch in "-." else "-" for ch in str(p)) for p in parts)
 
 
-def mean_band(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Per x: mean of y over trials, n, and the 95% t-interval (NaN where n < 2)."""
+def mean_band(frame: pd.DataFrame, x: str, y: str, bounds: tuple[float, float] | None = None) -> pd.DataFrame:
+    """Per x: mean of y over trials, n, and the 95% t-interval (NaN where n < 2), clipped to ``bounds``
+    (the quantity's valid range: accuracies in [0, 1], angles in [0, 180])."""
     g = frame[[x, y]].replace([np.inf, -np.inf], np.nan).dropna().groupby(x)[y]
     out = g.agg(["mean", "std", "count"]).reset_index()
     t = np.array([stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) if n >= 2 else np.nan for n in out["count"]])
     half = t * out["std"] / np.sqrt(out["count"])
     out["low"], out["high"] = out["mean"] - half, out["mean"] + half
+    if bounds is not None:
+        out["low"], out["high"] = out["low"].clip(*bounds), out["high"].clip(*bounds)
     return out
 
 
@@ -92,7 +95,7 @@ def validation_curve(epochs, colours, reference, dataset, network, out: Path):
     _style()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for algo in algo_order(e["algo"], reference):
-        b = mean_band(e[e["algo"] == algo], "epoch", "val_acc")
+        b = mean_band(e[e["algo"] == algo], "epoch", "val_acc", (0, 1))
         n = e[e["algo"] == algo]["trial_id"].nunique()
         ax.plot(b["epoch"], 100 * b["mean"], marker="o", ms=3, color=colours[algo], label=f"{algo} (n={n})")
         ax.fill_between(b["epoch"], 100 * b["low"], 100 * b["high"], color=colours[algo], alpha=0.2, lw=0)
@@ -120,7 +123,7 @@ def accuracy_vs_flops(epochs, colours, reference, dataset, network, out: Path):
         sub = e[e["algo"] == algo]
         # seeds share shapes, so cumulative FLOPs per epoch agree across seeds: average per epoch
         f = sub.groupby("epoch")["flops_total"].mean()
-        b = mean_band(sub, "epoch", "test_acc").set_index("epoch")
+        b = mean_band(sub, "epoch", "test_acc", (0, 1)).set_index("epoch")
         x = f.reindex(b.index)
         ax.plot(x, 100 * b["mean"], marker="o", ms=3, color=colours[algo], label=algo)
         ax.fill_between(x, 100 * b["low"], 100 * b["high"], color=colours[algo], alpha=0.2, lw=0)
@@ -171,11 +174,13 @@ def alignment(epochs, colours, reference, dataset, network, out: Path):
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False, sharey=True)
     for ax, col in zip(axes.flat, layers):
         for algo in algo_order(e["algo"], reference):
-            b = mean_band(e[e["algo"] == algo], "epoch", col)
+            b = mean_band(e[e["algo"] == algo], "epoch", col, (0, 180))
             if b.empty:
                 continue
             ax.plot(b["epoch"], b["mean"], marker="o", ms=3, color=colours[algo], label=algo)
             ax.fill_between(b["epoch"], b["low"], b["high"], color=colours[algo], alpha=0.2, lw=0)
+        ax.set_ylim(-3, 183)
+        ax.set_yticks(range(0, 181, 30))
         ax.set_title(f"layer {col[len('angle_l'):]}")
         ax.set_xlabel("epoch")
         ax.set_ylabel("angle to bp gradient (degrees)")
