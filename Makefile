@@ -13,6 +13,8 @@ EPOCHS  ?=
 SPEC    ?=
 ADDRESS ?=
 RUN     ?=
+OUT     ?=
+TARGET  ?=
 
 .PHONY: install test sweep report clean
 
@@ -26,6 +28,11 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# make report [RUN="DIR ..."] [OUT=DIR] [TARGET=95%|0.9]: default RUN is the newest results
+# directory under results/ that has a trials.csv
+report: install
+	$(BIN)/creditbench report $(RUN) $(if $(OUT),--out $(OUT)) $(if $(TARGET),--target $(TARGET))
 
 clean:
 	rm -rf $(VENV) .pytest_cache

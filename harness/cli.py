@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_COMMANDS: list = []
 
 
+def _register_report(sub) -> None:
+    from harness.report import add_parser
+
+    add_parser(sub)
+
+
+_EXTRA_COMMANDS.append(_register_report)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -32,3 +32,7 @@ class UnsupportedError(CreditbenchError):
 
 class DataError(CreditbenchError):
     """A dataset that cannot be loaded (e.g. files missing while offline)."""
+
+
+class ResultsError(CreditbenchError):
+    """A results directory that is missing, empty, malformed or incompatible with the others."""

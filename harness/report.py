@@ -1,0 +1,325 @@
+"""``creditbench report``: results directories → ``report.md``, ``figures/*.png``, ``tables/*.csv|tex``.
+
+One or more sweep results directories (the :mod:`harness.results` format) are loaded and checked
+for a common protocol (:mod:`harness.report_data`), summarised (:mod:`harness.report_tables`) and
+plotted (:mod:`harness.report_figures`) per dataset × network. The report is written into the
+(single) results directory, or ``--out``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from harness import store
+from harness.report_data import GROUP, Results, load_results, newest_results_dir, search_space, searched_names
+from harness.report_tables import (
+    CONFIDENCE, algo_order, failure_table, hyperparameter_table, markdown_table, pct, protocol_table,
+    summary_display, summary_latex, summary_table, latex_table, parse_target,
+)
+
+SECTIONS = ("Summary", "Hyperparameters", "Figures", "Failures", "Provenance")
+FIGURES = ("val_acc", "acc_vs_flops", "cost_by_phase", "alignment", "diagnostics", "sensitivity")
+FIGURE_CAPTIONS = {
+    "val_acc": "Validation accuracy vs epoch (final phase; mean, 95% CI band over seeds)",
+    "acc_vs_flops": "Test accuracy vs cumulative training FLOPs (final phase)",
+    "cost_by_phase": "FLOPs per update by phase (forward / credit / feedback)",
+    "alignment": "Angle between each layer's update and the bp gradient vs epoch",
+    "diagnostics": "Algorithm diagnostics vs epoch (e.g. pseudoinverse residual, contraction)",
+    "sensitivity": "Search-phase sensitivity: best validation accuracy vs each searched hyperparameter",
+}
+
+
+def build_report(dirs: list[Path | str], out: Path | str | None = None, *, reference: str = "bp",
+                 target: str = "95%", target_metric: str = "val_acc", command: str | None = None,
+                 figures: bool = True) -> dict:
+    """Write the report; return {"report": path, "figures": [...], "tables": [...], "summary": frame}."""
+    from harness import report_figures as figs
+
+    parse_target(target)  # fail before any work on a bad --target
+    results = load_results(list(dirs))
+    if out is None:
+        if len(results.sources) > 1:
+            from harness.errors import ResultsError
+
+            raise ResultsError("several results directories are combined: name where the report goes with --out DIR")
+        out = results.sources[0].path
+    out = Path(out)
+    if figures:
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+
+    searched = {key: searched_names(results, g) for key, g in results.trials.groupby(GROUP)}
+    summary = summary_table(results, reference=reference, target=target, target_metric=target_metric)
+    hparams = hyperparameter_table(results, reference)
+    protocol = protocol_table(results, searched)
+    failures = failure_table(results, searched)
+    colours = figs.palette(algo_order(results.trials["algo"], reference))
+
+    draw = figures
+    tables, figures, skipped = [], [], {}
+
+    def write_table(name, frame, tex=None):
+        store.write_csv(out / "tables" / f"{name}.csv", frame)
+        tables.append(out / "tables" / f"{name}.csv")
+        if tex is not None:
+            store.write_text(out / "tables" / f"{name}.tex", tex)
+            tables.append(out / "tables" / f"{name}.tex")
+
+    write_table("summary", summary)
+    write_table("hyperparameters", hparams, _frame_latex(hparams.drop(columns=["space_from"], errors="ignore"),
+                                                         "Selected hyperparameters and search spaces", "tab:hparams"))
+    write_table("protocol", protocol, _frame_latex(protocol, "Shared training protocol", "tab:protocol"))
+    write_table("failures", failures, _frame_latex(failures, "Diverged and failed trials", "tab:failures"))
+
+    sections = {}
+    for dataset, network in results.groups():
+        key = figs.slug(dataset, network)
+        trials = results.trials[(results.trials["dataset"] == dataset) & (results.trials["network"] == network)]
+        epochs = results.epochs
+        if not epochs.empty:
+            epochs = epochs[(epochs["dataset"] == dataset) & (epochs["network"] == network)]
+        s = summary[(summary["dataset"] == dataset) & (summary["network"] == network)] if not summary.empty else summary
+        if not s.empty:
+            write_table(f"summary_{key}", s, summary_latex(s, dataset, network))
+        spaces = {a: search_space(results, a, sorted(trials.loc[trials["algo"] == a, "source"].unique()))[0]
+                  for a in trials["algo"].unique()}
+        made = {}
+        jobs = {
+            "val_acc": lambda p: figs.validation_curve(epochs, colours, reference, dataset, network, p),
+            "acc_vs_flops": lambda p: figs.accuracy_vs_flops(epochs, colours, reference, dataset, network, p),
+            "cost_by_phase": lambda p: figs.cost_by_phase(s, colours, dataset, network, p),
+            "alignment": lambda p: figs.alignment(epochs, colours, reference, dataset, network, p),
+            "diagnostics": lambda p: figs.diagnostics(epochs, colours, reference, dataset, network, p),
+            "sensitivity": lambda p: figs.sensitivity(trials, spaces, colours, reference, dataset, network, p),
+        }
+        for name, job in jobs.items():
+            if not draw:
+                path, why = None, "figures disabled (--no-figures)"
+            elif epochs.empty and name not in ("cost_by_phase", "sensitivity"):
+                path, why = None, "no epochs.csv"
+            else:
+                path, why = job(out / "figures" / f"{name}_{key}.png")
+            if path is not None:
+                figures.append(path)
+                made[name] = path
+            else:
+                skipped[(dataset, network, name)] = why
+        sections[(dataset, network)] = (trials, s, made)
+
+    text = render_markdown(results, out, summary, hparams, protocol, failures, sections, skipped, searched,
+                           reference=reference, target=target, target_metric=target_metric, command=command)
+    store.write_text(out / "report.md", text)
+    return {"report": out / "report.md", "figures": figures, "tables": tables, "summary": summary,
+            "skipped": skipped}
+
+
+def _frame_latex(frame: pd.DataFrame, caption: str, label: str) -> str:
+    from harness.report_tables import fmt_value
+
+    header = [str(c) for c in frame.columns]
+    rows = [[v if isinstance(v, str) else fmt_value(v) for v in r] for r in frame.itertuples(index=False)]
+    if not rows:
+        rows = [["(none)"] + [""] * (len(header) - 1)] if header else []
+    return latex_table(header or ["(none)"], rows, caption=caption, label=label, align="l" * max(1, len(header)))
+
+
+# ---------------------------------------------------------------------------- markdown
+def _rel(path: Path, out: Path) -> str:
+    return Path(path).relative_to(out).as_posix()
+
+
+def render_markdown(results: Results, out: Path, summary, hparams, protocol, failures, sections, skipped,
+                    searched, *, reference, target, target_metric, command) -> str:
+    from harness.provenance import git_commit
+
+    mode, value = parse_target(target)
+    metric_word = "validation" if target_metric == "val_acc" else "test"
+    lines = ["# creditbench comparison report", ""]
+    lines += [f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from "
+              f"{len(results.sources)} results director{'y' if len(results.sources) == 1 else 'ies'}: "
+              + ", ".join(f"`{s.label}`" for s in results.sources) + ".", ""]
+    lines += ["Contents: " + " · ".join(f"[{s}](#{s.lower()})" for s in SECTIONS), ""]
+    target_text = (f"{pct(value, 0)}% of {reference}'s mean test accuracy" if mode == "relative"
+                   else f"{pct(value)}% accuracy")
+    lines += [
+        "**How to read this.** Final-phase trials only (the best search configuration trained over several seeds). "
+        "Test accuracy is taken at each trial's best-validation epoch (the test set never selects anything); "
+        f"mean ± sample std over seeds and a {int(CONFIDENCE * 100)}% t-interval (no interval with a single seed). "
+        "Trials without a finite test accuracy (failed, or diverged before any valid epoch) are counted, not averaged; "
+        "a trial that diverged after a valid epoch contributes its best-validation epoch, as early stopping would keep it. "
+        f"Target for updates/FLOPs: {target_text}, reached on the {metric_word} accuracy curve (`epochs.csv`); "
+        "'updates to target' is the mean over the trials that reached it (reached/total in brackets). "
+        f"Costs are per update, as ratios to {reference}. Δ vs {reference}: difference of mean test accuracies in "
+        f"percentage points, Welch {int(CONFIDENCE * 100)}% CI, significant when p < {1 - CONFIDENCE:.2f}. "
+        "Wall time depends on the machine and its load; FLOPs do not.", ""]
+
+    # ------------------------------------------------------------------ summary
+    lines += ["## Summary", ""]
+    for (dataset, network), (trials, s, made) in sections.items():
+        lines += [f"### {dataset} / {network}", ""]
+        algos = algo_order(trials["algo"], reference)
+        missing_final = [a for a in algos if a not in set(s["algo"] if not s.empty else [])]
+        if s.empty:
+            lines += ["_No final-phase trials: only the search phase is shown below._", ""]
+            continue
+        lines.append(markdown_table(summary_display(s)))
+        notes = []
+        if reference not in set(s["algo"]):
+            notes.append(f"{reference} (the reference) has no final-phase trials here: ratios, differences and the "
+                         "relative target are not available (use --reference or an absolute --target).")
+        single = [r.algo for r in s.itertuples() if r.n == 1]
+        if single:
+            notes.append(f"Single seed for {', '.join(single)}: no standard deviation, no confidence interval and no "
+                         "significance test.")
+        if missing_final:
+            notes.append(f"No final phase for {', '.join(missing_final)} (search phase only).")
+        absent = sorted(set(results.trials["algo"]) - set(algos))
+        if absent:
+            notes.append(f"Not run on this dataset/network: {', '.join(absent)}.")
+        t = s["target_acc"].iloc[0]
+        notes.append(f"Target accuracy: {pct(t)}% ({target_text})." if pd.notna(t)
+                     else "Target accuracy: not available.")
+        lines += [f"- {n}" for n in notes] + [""]
+        lines += [f"LaTeX: [`tables/summary_{_slug(dataset, network)}.tex`](tables/summary_{_slug(dataset, network)}.tex)"
+                  " · all numbers: [`tables/summary.csv`](tables/summary.csv)", ""]
+
+    # ------------------------------------------------------------------ hyperparameters
+    lines += ["## Hyperparameters", ""]
+    lines += ["Selected configuration of each algorithm and the space it was searched in "
+              "(`space_from`: the sweep's spec.yaml when it lists one, else the plugin's declared defaults).", ""]
+    if not hparams.empty:
+        lines.append(markdown_table(hparams))
+    else:
+        lines += ["_No searched hyperparameters._", ""]
+    lines += ["Shared protocol (training settings that are not searched, identical for every algorithm):", ""]
+    lines.append(markdown_table(protocol))
+
+    # ------------------------------------------------------------------ figures
+    lines += ["## Figures", ""]
+    for (dataset, network), (trials, s, made) in sections.items():
+        lines += [f"### {dataset} / {network}", ""]
+        for name in FIGURES:
+            if name in made:
+                lines += [f"**{FIGURE_CAPTIONS[name]}**", "", f"![{FIGURE_CAPTIONS[name]}]({_rel(made[name], out)})", ""]
+            else:
+                lines += [f"- _{FIGURE_CAPTIONS[name]}: not drawn — {skipped.get((dataset, network, name))}._", ""]
+
+    # ------------------------------------------------------------------ failures
+    lines += ["## Failures", ""]
+    if failures.empty:
+        lines += ["No trial diverged or failed.", ""]
+    else:
+        counts = failures.groupby(["phase", "status"]).size()
+        lines += ["Every diverged or failed trial, both phases: "
+                  + ", ".join(f"{n} {st} in {ph}" for (ph, st), n in counts.items()) + ".", ""]
+        lines.append(markdown_table(failures))
+    stopped = results.trials[results.trials["status"] == "stopped"]
+    if not stopped.empty:
+        lines += [f"{len(stopped)} trial(s) were stopped early by the scheduler (status `stopped`).", ""]
+
+    # ------------------------------------------------------------------ provenance
+    lines += ["## Provenance", ""]
+    git = git_commit()
+    lines += [f"- Report written by creditbench at commit `{git.get('commit') or 'unknown'}`"
+              + (" (uncommitted changes)" if git.get("dirty") else "") + "."]
+    if command:
+        lines.append(f"- Command: `{command}`")
+    if results.fingerprints:
+        lines.append("- Dataset fingerprints: " + ", ".join(f"{k} `{v}`" for k, v in sorted(results.fingerprints.items())))
+    else:
+        lines.append("- Dataset fingerprints: not recorded in env.json.")
+    lines.append("")
+    for src in results.sources:
+        t = results.trials[results.trials["source"] == src.label]
+        lines += [f"### `{src.label}`", "", f"- Path: `{src.path}`",
+                  f"- Trials: {len(t)} ({', '.join(f'{n} {p}' for p, n in t['phase'].value_counts().sort_index().items())}); "
+                  f"algorithms: {', '.join(algo_order(t['algo'], reference))}; "
+                  f"datasets/networks: {', '.join(sorted(set(t['dataset'] + ' / ' + t['network'])))}"]
+        if "algo_version" in t:
+            versions = t.groupby("algo")["algo_version"].first()
+            lines.append("- Algorithm versions: " + ", ".join(f"{a} v{v}" for a, v in versions.items()))
+        lines += _env_lines(src.env)
+        lines.append("")
+        for name, text in (("spec.yaml", src.spec_text), ("env.json", src.env_text)):
+            if text is None:
+                lines += [f"_{name}: not present._", ""]
+            else:
+                lang = "yaml" if name.endswith("yaml") else "json"
+                lines += ["<details>", f"<summary>{name}</summary>", "", f"```{lang}", text.rstrip(), "```", "",
+                          "</details>", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _slug(dataset, network):
+    from harness.report_figures import slug
+
+    return slug(dataset, network)
+
+
+def _env_lines(env) -> list[str]:
+    """Key facts from env.json, whatever its nesting: commit, device, versions."""
+    if not isinstance(env, dict):
+        return ["- Environment: " + ("env.json not present" if env is None else "env.json unparsable (shown raw)")]
+
+    def find(obj, keys):
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if k in keys and not isinstance(v, (dict, list)):
+                    return v
+            for v in obj.values():
+                hit = find(v, keys)
+                if hit is not None:
+                    return hit
+        return None
+
+    out = []
+    commit = find(env, {"commit", "git_commit", "sha"})
+    dirty = find(env, {"dirty"})
+    out.append(f"- Commit: `{commit or 'not recorded'}`" + (" (uncommitted changes)" if dirty else ""))
+    device = find(env, {"gpu", "device", "device_name"})
+    cpu = find(env, {"processor", "cpu"})
+    out.append(f"- Device: {device or 'not recorded'}" + (f" ({cpu})" if cpu else ""))
+    versions = env.get("versions") if isinstance(env.get("versions"), dict) else None
+    if versions:
+        out.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+    return out
+
+
+# ---------------------------------------------------------------------------- CLI
+def add_parser(sub) -> None:
+    r = sub.add_parser("report", help="tables and figures from one or more sweep results directories")
+    r.add_argument("dirs", nargs="*", metavar="DIR",
+                   help="results directories (default: the newest under results/ with a trials.csv)")
+    r.add_argument("--out", default=None, help="where to write report.md, figures/, tables/ "
+                                               "(default: the results directory; required with several)")
+    r.add_argument("--target", default="95%",
+                   help="accuracy target for updates/FLOPs-to-target: a percentage of the reference's mean test "
+                        "accuracy (e.g. 95%%, the default) or an absolute accuracy (e.g. 0.9)")
+    r.add_argument("--target-metric", default="val_acc", choices=("val_acc", "test_acc"),
+                   help="which epochs.csv curve must reach the target (default: val_acc)")
+    r.add_argument("--reference", default="bp", help="algorithm the ratios and differences are taken against")
+    r.add_argument("--no-figures", action="store_true", help="write the tables and report.md only (faster)")
+    r.add_argument("--results-root", default="results",
+                   help="where to look for the newest results directory when no DIR is given (default: results)")
+    r.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    dirs = args.dirs or [newest_results_dir(Path(args.results_root))]
+    command = "creditbench report " + " ".join(shlex.quote(str(a)) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
+    out = build_report(dirs, args.out, reference=args.reference, target=args.target,
+                       target_metric=args.target_metric, command=command, figures=not args.no_figures)
+    summary = out["summary"]
+    for (dataset, network), s in (summary.groupby(["dataset", "network"]) if not summary.empty else []):
+        print(f"\n{dataset} / {network}")
+        print(markdown_table(summary_display(s)))
+    print("figures:")
+    for p in out["figures"]:
+        print(f"  {p}")
+    print(f"report: {out['report']}", file=sys.stderr)
+    return 0

@@ -1,0 +1,332 @@
+"""Reading results directories for the report: loading, combining, and the protocol check.
+
+Several directories (e.g. one sweep per algorithm) are combined only when they measured the
+same thing: per dataset × network and phase, every training hyperparameter that is not
+searched (optimizer, batch size, epoch budget, patience, min_delta, …) must agree, each
+algorithm must have one version and one final configuration, no final-phase seed may appear
+twice, and dataset fingerprints recorded in ``env.json`` must agree. ``spec.yaml`` and
+``env.json`` are read defensively (their inner schema is the sweep's): they are shown in the
+provenance section and mined for search spaces and fingerprints when they hold them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from harness.errors import CreditbenchError, ResultsError
+from harness.hparams import TrainConfig
+
+REQUIRED_TRIAL_COLUMNS = ("trial_id", "phase", "algo", "dataset", "network", "seed", "status")
+PHASES = ("search", "final")
+STATUSES = ("ok", "diverged", "failed", "stopped")
+SAMPLERS = ("loguniform", "uniform", "choice", "randint", "quniform", "qloguniform", "grid", "grid_search")
+GROUP = ["dataset", "network"]
+
+
+@dataclass
+class Source:
+    """One results directory and what it holds besides the tables."""
+
+    path: Path
+    label: str
+    spec: object = None  # parsed spec.yaml (dict) or its raw text when unparsable; None when absent
+    spec_text: str | None = None
+    env: object = None  # parsed env.json or raw text; None when absent
+    env_text: str | None = None
+
+
+@dataclass
+class Results:
+    sources: list[Source]
+    trials: pd.DataFrame  # every trial; column ``source`` is the Source label
+    epochs: pd.DataFrame  # every trial-epoch; column ``source``
+    fingerprints: dict = field(default_factory=dict)  # dataset -> fingerprint (from env.json)
+
+    def groups(self) -> list[tuple[str, str]]:
+        keys = self.trials[GROUP].drop_duplicates().sort_values(GROUP)
+        return [tuple(r) for r in keys.itertuples(index=False)]
+
+
+def newest_results_dir(root: Path = Path("results")) -> Path:
+    """The results directory under ``root`` whose ``trials.csv`` was written last."""
+    found = sorted(Path(root).glob("**/trials.csv"), key=lambda p: p.stat().st_mtime) if Path(root).is_dir() else []
+    if not found:
+        raise ResultsError(f"no results directory with a trials.csv under {root}/; run `make sweep` first "
+                           "or name one: creditbench report DIR")
+    return found[-1].parent
+
+
+def _read_csv(path: Path, what: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{path}: cannot read {what}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+
+def _read_optional(path: Path, parse) -> tuple[object, str | None]:
+    if not path.is_file():
+        return None, None
+    text = path.read_text(errors="replace")
+    try:
+        return parse(text), text
+    except (yaml.YAMLError, json.JSONDecodeError, ValueError):
+        return text, text  # shown raw in the provenance section
+
+
+def _labels(paths: list[Path]) -> list[str]:
+    """Short unique labels for directories: their names, with parents added where names clash."""
+    depth = 1
+    while True:
+        labels = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(labels)) == len(labels) or depth >= max(len(p.parts) for p in paths):
+            return labels
+        depth += 1
+
+
+def load_results(dirs: list[Path | str]) -> Results:
+    if not dirs:
+        raise ResultsError("no results directory given; name one or more: creditbench report DIR [DIR ...]")
+    paths = [Path(d).expanduser().resolve() for d in dirs]
+    seen = set()
+    for p, given in zip(paths, dirs):
+        if p in seen:
+            raise ResultsError(f"results directory {given} is named twice")
+        seen.add(p)
+        if not p.exists():
+            raise ResultsError(f"results directory {given} does not exist")
+        if not p.is_dir():
+            raise ResultsError(f"{given} is not a directory; expected a results directory with trials.csv")
+        if not (p / "trials.csv").is_file():
+            raise ResultsError(f"{given} holds no trials.csv: not a results directory (or the sweep wrote nothing yet)")
+    sources, trial_frames, epoch_frames = [], [], []
+    for p, label in zip(paths, _labels(paths)):
+        trials = _read_csv(p / "trials.csv", "trials.csv")
+        if trials.empty:
+            raise ResultsError(f"{p / 'trials.csv'} has no trials")
+        missing = [c for c in REQUIRED_TRIAL_COLUMNS if c not in trials.columns]
+        if missing:
+            raise ResultsError(f"{p / 'trials.csv'} lacks column(s) {', '.join(missing)}: not the harness.results format")
+        bad_phase = sorted(set(trials["phase"].astype(str)) - set(PHASES))
+        if bad_phase:
+            raise ResultsError(f"{p / 'trials.csv'}: unknown phase '{bad_phase[0]}'; valid: {', '.join(PHASES)}")
+        bad_status = sorted(set(trials["status"].astype(str)) - set(STATUSES))
+        if bad_status:
+            raise ResultsError(f"{p / 'trials.csv'}: unknown status '{bad_status[0]}'; valid: {', '.join(STATUSES)}")
+        epochs = _read_csv(p / "epochs.csv", "epochs.csv") if (p / "epochs.csv").is_file() else pd.DataFrame()
+        if not epochs.empty and not {"trial_id", "epoch"} <= set(epochs.columns):
+            raise ResultsError(f"{p / 'epochs.csv'} lacks trial_id/epoch columns: not the harness.results format")
+        spec, spec_text = _read_optional(p / "spec.yaml", yaml.safe_load)
+        env, env_text = _read_optional(p / "env.json", json.loads)
+        sources.append(Source(p, label, spec, spec_text, env, env_text))
+        trials = trials.assign(source=label)
+        trial_frames.append(trials)
+        if not epochs.empty:
+            epochs = epochs.assign(source=label)
+            if "algo" not in epochs.columns or "phase" not in epochs.columns:
+                keys = trials[["trial_id", "algo", "phase", "seed"]]
+                epochs = epochs.drop(columns=[c for c in ("algo", "phase", "seed") if c in epochs], errors="ignore")
+                epochs = epochs.merge(keys, on="trial_id", how="left")
+            epoch_frames.append(epochs)
+    trials = pd.concat(trial_frames, ignore_index=True, sort=False)
+    for col in ("algo", "dataset", "network", "phase", "status"):
+        trials[col] = trials[col].astype(str)
+    epochs = pd.concat(epoch_frames, ignore_index=True, sort=False) if epoch_frames else pd.DataFrame()
+    if not epochs.empty:
+        # trial ids are unique per directory, not across directories
+        epochs = epochs.merge(trials[["source", "trial_id", "dataset", "network"]], on=["source", "trial_id"],
+                              how="inner")
+    results = Results(sources, trials, epochs)
+    results.fingerprints = check_compatible(results)
+    return results
+
+
+# ---------------------------------------------------------------------------- search spaces
+def normalise_space(entry) -> dict | None:
+    """A search-space entry in any common spelling → {kind, low, high} or {kind, values}; None if fixed."""
+    if isinstance(entry, (list, tuple)):
+        return {"kind": "choice", "values": list(entry)}
+    if not isinstance(entry, dict):
+        return None
+    kind = entry.get("kind") or entry.get("type") or entry.get("sampler") or entry.get("distribution")
+    if kind is None and len(entry) == 1 and next(iter(entry)) in SAMPLERS:
+        kind, args = next(iter(entry.items()))
+        if isinstance(args, dict):
+            entry = {"kind": kind, **args}
+        elif kind in ("choice", "grid", "grid_search"):
+            return {"kind": "choice", "values": list(args)}
+        elif isinstance(args, (list, tuple)) and len(args) >= 2:
+            return {"kind": kind, "low": args[0], "high": args[1]}
+        else:
+            return None
+    if kind is None:
+        return None
+    kind = str(kind)
+    if kind in ("grid", "grid_search"):
+        kind = "choice"
+    out = {"kind": kind}
+    low = next((entry[k] for k in ("low", "lower", "min") if k in entry), None)
+    high = next((entry[k] for k in ("high", "upper", "max") if k in entry), None)
+    values = next((entry[k] for k in ("values", "categories", "options") if k in entry), None)
+    if low is not None and high is not None:
+        out.update(low=low, high=high)
+    if values is not None:
+        out["values"] = list(values)
+    return out
+
+
+def _flatten_space(space) -> dict:
+    """Accept {name: entry} or {"train": {...}, "params": {...}} (nested one level)."""
+    out = {}
+    if not isinstance(space, dict):
+        return out
+    for name, entry in space.items():
+        norm = normalise_space(entry)
+        if norm is not None:
+            out[str(name)] = norm
+        elif isinstance(entry, dict) and name in ("train", "params", "training", "algorithm"):
+            out.update(_flatten_space(entry))
+    return out
+
+
+def spec_search_space(spec, algo: str) -> dict | None:
+    """The per-algorithm search space written in a sweep spec, if the spec has one."""
+    if not isinstance(spec, dict):
+        return None
+    candidates = []
+    algos = spec.get("algorithms") or spec.get("algos")
+    if isinstance(algos, dict) and isinstance(algos.get(algo), dict):
+        entry = algos[algo]
+        candidates += [entry.get(k) for k in ("search_space", "search", "space")]
+    elif isinstance(algos, list):
+        for entry in algos:
+            if isinstance(entry, dict) and (entry.get("name") == algo or entry.get("algo") == algo):
+                candidates += [entry.get(k) for k in ("search_space", "search", "space")]
+    for key in ("search_space", "search_spaces", "spaces", "search"):
+        block = spec.get(key)
+        if isinstance(block, dict) and isinstance(block.get(algo), dict):
+            candidates.append(block[algo])
+    for cand in candidates:
+        space = _flatten_space(cand)
+        if space:
+            shared = spec.get("search_space") if isinstance(spec.get("search_space"), dict) else {}
+            shared = _flatten_space({k: v for k, v in shared.items() if k in TrainConfig.model_fields})
+            return {**shared, **space}
+    return None
+
+
+def search_space(results: Results, algo: str, sources: list[str]) -> tuple[dict, str]:
+    """(space, where it came from) for ``algo``: the spec's when it has one, else the declared defaults."""
+    for src in results.sources:
+        if src.label in sources:
+            space = spec_search_space(src.spec, algo)
+            if space:
+                return space, f"spec.yaml ({src.label})"
+    from harness.registry import get_algorithm
+
+    try:
+        params = get_algorithm(algo).Params.search_space()
+    except CreditbenchError:
+        return dict(TrainConfig.search_space()), "declared defaults (training only: algorithm not installed)"
+    return {**TrainConfig.search_space(), **params}, "declared defaults (Params / TrainConfig)"
+
+
+def searched_names(results: Results, trials: pd.DataFrame) -> set[str]:
+    """Hyperparameters searched for any algorithm in ``trials``: declared/spec spaces and what varied."""
+    names = set()
+    for algo, sub in trials.groupby("algo"):
+        space, _ = search_space(results, algo, sorted(sub["source"].unique()))
+        names |= set(space)
+        search = sub[sub["phase"] == "search"]
+        for col in [c for c in search.columns if c.startswith("hp.")]:
+            if search[col].dropna().astype(str).nunique() > 1:
+                names.add(col[3:])
+    return names
+
+
+# ---------------------------------------------------------------------------- compatibility
+def _hp_signature(row: pd.Series, cols: list[str]) -> str:
+    return ", ".join(f"{c[3:]}={row[c]}" for c in cols if not (isinstance(row[c], float) and math.isnan(row[c])))
+
+
+def _fingerprints(src: Source, datasets: list[str]) -> dict:
+    """dataset → fingerprint from env.json, whatever the nesting (keys containing 'fingerprint')."""
+    found = {}
+
+    def walk(obj, dataset=None):
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                key = str(key)
+                if "fingerprint" in key.lower():
+                    if isinstance(value, str):
+                        name = dataset or (datasets[0] if len(datasets) == 1 else None)
+                        if name is not None:
+                            found[name] = value
+                    elif isinstance(value, dict):
+                        found.update({str(k): str(v) for k, v in value.items() if isinstance(v, str)})
+                else:
+                    walk(value, key if key in datasets else dataset)
+        elif isinstance(obj, list):
+            for value in obj:
+                walk(value, dataset)
+
+    walk(src.env)
+    return found
+
+
+def check_compatible(results: Results) -> dict:
+    """Refuse (one-line ResultsError) results that do not measure the same thing; return fingerprints."""
+    trials = results.trials
+    fingerprints: dict[str, tuple[str, str]] = {}
+    for src in results.sources:
+        datasets = sorted(trials.loc[trials["source"] == src.label, "dataset"].unique())
+        for name, fp in _fingerprints(src, datasets).items():
+            if name in fingerprints and fingerprints[name][0] != fp:
+                raise ResultsError(f"incompatible results: dataset {name} has fingerprint {fingerprints[name][0][:12]} in "
+                                   f"{fingerprints[name][1]} but {fp[:12]} in {src.label} (different data or split); "
+                                   "report them separately")
+            fingerprints.setdefault(name, (fp, src.label))
+    if "algo_version" in trials.columns:
+        for algo, sub in trials.groupby("algo"):
+            versions = sub["algo_version"].dropna().astype(str).unique()
+            if len(versions) > 1:
+                where = "; ".join(f"v{v} in {', '.join(sorted(sub.loc[sub['algo_version'].astype(str) == v, 'source'].unique()))}"
+                                  for v in sorted(versions))
+                raise ResultsError(f"incompatible results: algorithm {algo} has several versions ({where}); "
+                                   "its update rule changed between them, so report them separately")
+    hp_cols = [c for c in trials.columns if c.startswith("hp.")]
+    for (dataset, network), group in trials.groupby(GROUP):
+        searched = searched_names(results, group)
+        protocol = [f"hp.{n}" for n in TrainConfig.model_fields if n not in searched and f"hp.{n}" in group.columns]
+        for phase, sub in group.groupby("phase"):
+            for col in protocol:
+                values = sub[col].dropna().astype(str)
+                if values.nunique() > 1:
+                    parts = []
+                    for v in sorted(values.unique()):
+                        rows = sub[sub[col].astype(str) == v]
+                        parts.append(f"{v} ({', '.join(sorted(set(rows['source'] + ':' + rows['algo'])))})")
+                    raise ResultsError(f"incompatible protocols for {dataset} / {network} ({phase} phase): "
+                                       f"{col[3:]} differs: {' vs '.join(parts)}; report them separately")
+        final = group[group["phase"] == "final"]
+        for algo, sub in final.groupby("algo"):
+            cols = [c for c in hp_cols if sub[c].notna().any() and c[3:] not in ("epochs",)]
+            configs = sub.apply(lambda r: _hp_signature(r, cols), axis=1)
+            if configs.nunique() > 1:
+                raise ResultsError(f"incompatible results for {dataset} / {network}: algorithm {algo} has "
+                                   f"{configs.nunique()} different final configurations (in "
+                                   f"{', '.join(sorted(sub['source'].unique()))}); report them separately")
+            dup = sub[sub.duplicated("seed", keep=False)]
+            if not dup.empty:
+                seed = dup["seed"].iloc[0]
+                raise ResultsError(f"duplicate results for {dataset} / {network}: final-phase seed {seed} of {algo} "
+                                   f"appears {len(dup[dup['seed'] == seed])} times (in "
+                                   f"{', '.join(sorted(dup['source'].unique()))}); pass each run once")
+    return {k: v[0] for k, v in fingerprints.items()}

@@ -1,0 +1,283 @@
+"""The comparison report, from real tiny two-phase runs (tests/report_fixtures.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from report_fixtures import build_all  # noqa: E402
+
+from harness.cli import main  # noqa: E402
+from harness.errors import ConfigError, ResultsError  # noqa: E402
+from harness.report import FIGURES, SECTIONS, build_report  # noqa: E402
+from harness.report_data import load_results, newest_results_dir  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="session")
+def dirs(tmp_path_factory):
+    return build_all(tmp_path_factory.mktemp("report-results"))
+
+
+@pytest.fixture(scope="session")
+def main_report(dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report-main")
+    return build_report([dirs["main"]], out), out
+
+
+def copy_dir(src: Path, dst: Path, edit_trials=None, edit_env=None) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("figures", "tables", "report.md"))
+    if edit_trials is not None:
+        t = pd.read_csv(dst / "trials.csv")
+        t = edit_trials(t)
+        t.to_csv(dst / "trials.csv", index=False)
+        e = pd.read_csv(dst / "epochs.csv")
+        e[e["trial_id"].isin(t["trial_id"])].to_csv(dst / "epochs.csv", index=False)
+    if edit_env is not None:
+        env = json.loads((dst / "env.json").read_text())
+        (dst / "env.json").write_text(json.dumps(edit_env(env)))
+    return dst
+
+
+# ---------------------------------------------------------------------------- full report
+def test_report_has_every_section_figure_and_table(dirs, main_report):
+    result, out = main_report
+    text = (out / "report.md").read_text()
+    for section in SECTIONS:
+        assert f"\n## {section}\n" in text
+    key = "digits_mlp-1x16-tanh"
+    for name in FIGURES:
+        png = out / "figures" / f"{name}_{key}.png"
+        assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000, name
+        assert f"](figures/{name}_{key}.png)" in text
+    for name in ("summary", "hyperparameters", "protocol", "failures", f"summary_{key}"):
+        assert (out / "tables" / f"{name}.csv").is_file()
+    tex = (out / "tables" / f"summary_{key}.tex").read_text()
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "\\textbf{" in tex
+    assert "$\\pm$" in tex and "±" not in tex and "×" not in tex
+    for algo in ("bp", "fa", "fa\\_probe"):
+        assert f"\n{algo} & 3 & " in tex
+    # provenance: spec, env facts and the dataset fingerprint
+    env = json.loads((dirs["main"] / "env.json").read_text())
+    assert env["datasets"]["digits"]["fingerprint"] in text
+    assert "```yaml" in text and "search_space" in text
+    assert "No trial diverged or failed." in text
+
+
+def test_summary_equals_independent_pandas_aggregation(dirs, main_report):
+    _, out = main_report
+    summary = pd.read_csv(out / "tables" / "summary.csv")
+    trials = pd.read_csv(dirs["main"] / "trials.csv")
+    epochs = pd.read_csv(dirs["main"] / "epochs.csv")
+    final = trials[trials["phase"] == "final"]
+    bp = final[final["algo"] == "bp"]
+    target = 0.95 * bp["test_acc"].mean()
+    assert set(summary["algo"]) == {"bp", "fa", "fa_probe"}
+    for algo, g in final.groupby("algo"):
+        row = summary[summary["algo"] == algo].iloc[0]
+        acc = g["test_acc"].dropna()
+        n = len(acc)
+        half = stats.t.ppf(0.975, n - 1) * acc.std(ddof=1) / math.sqrt(n)
+        assert row["n"] == n == 3
+        assert row["test_acc_mean"] == pytest.approx(acc.mean(), abs=1e-12)
+        assert row["test_acc_std"] == pytest.approx(acc.std(ddof=1), abs=1e-12)
+        assert row["test_acc_ci_low"] == pytest.approx(acc.mean() - half, abs=1e-12)
+        assert row["test_acc_ci_high"] == pytest.approx(acc.mean() + half, abs=1e-12)
+        assert row["best_val_acc_mean"] == pytest.approx(g["best_val_acc"].mean(), abs=1e-12)
+        assert row["best_epoch_mean"] == pytest.approx(g["best_epoch"].mean(), abs=1e-12)
+        assert row["diverged"] == (g["status"] == "diverged").sum()
+        assert row["failed"] == (g["status"] == "failed").sum()
+        assert row["flops_ratio"] == pytest.approx(g["flops_per_update"].mean() / bp["flops_per_update"].mean())
+        assert row["time_ratio"] == pytest.approx(g["seconds_per_update"].mean() / bp["seconds_per_update"].mean())
+        assert row["target_acc"] == pytest.approx(target)
+        # updates / FLOPs to target, from epochs.csv validation accuracy
+        e = epochs[epochs["trial_id"].isin(g["trial_id"])]
+        first = e[e["val_acc"] >= target].sort_values("epoch").groupby("trial_id").first()
+        assert row["reached_target"] == len(first)
+        if len(first):
+            assert row["updates_to_target_mean"] == pytest.approx(first["updates"].mean())
+            assert row["flops_to_target_mean"] == pytest.approx(first["flops_total"].mean())
+        if algo != "bp":
+            welch = stats.ttest_ind(acc, bp["test_acc"], equal_var=False)
+            assert row["diff_test_acc"] == pytest.approx(acc.mean() - bp["test_acc"].mean(), abs=1e-12)
+            assert row["diff_p_value"] == pytest.approx(welch.pvalue, rel=1e-9)
+            assert bool(row["diff_significant"]) == (welch.pvalue < 0.05)
+            ci = welch.confidence_interval(0.95)
+            assert row["diff_ci_low"] == pytest.approx(ci.low, abs=1e-9)
+            assert row["diff_ci_high"] == pytest.approx(ci.high, abs=1e-9)
+
+
+def test_hyperparameter_table_shows_selected_config_and_space(dirs, main_report):
+    _, out = main_report
+    hp = pd.read_csv(out / "tables" / "hyperparameters.csv")
+    trials = pd.read_csv(dirs["main"] / "trials.csv")
+    fa_final = trials[(trials["algo"] == "fa") & (trials["phase"] == "final")].iloc[0]
+    row = hp[(hp["algo"] == "fa") & (hp["hyperparameter"] == "feedback_scale")].iloc[0]
+    assert float(row["selected"]) == pytest.approx(fa_final["hp.feedback_scale"], rel=1e-2)
+    assert row["search_space"] == "loguniform[0.1, 10]"
+    assert row["space_from"].startswith("spec.yaml")
+    assert set(hp.loc[hp["algo"] == "bp", "hyperparameter"]) == {"lr"}
+
+
+# ---------------------------------------------------------------------------- edge cases
+def test_diverged_trials_are_counted_and_listed(dirs, tmp_path):
+    result = build_report([dirs["diverged"]], tmp_path, figures=False)
+    trials = pd.read_csv(dirs["diverged"] / "trials.csv")
+    bad = trials[trials["status"].isin(["diverged", "failed"])]
+    assert len(bad) >= 2 and (bad["phase"] == "final").any()
+    s = result["summary"].set_index("algo")
+    final = trials[trials["phase"] == "final"]
+    for algo in ("bp", "fa"):
+        assert s.loc[algo, "diverged"] == ((final["algo"] == algo) & (final["status"] == "diverged")).sum()
+    failures = pd.read_csv(tmp_path / "tables" / "failures.csv")
+    assert len(failures) == len(bad)
+    assert set(failures["status"]) <= {"diverged", "failed"}
+    text = (tmp_path / "report.md").read_text()
+    assert "diverged in final" in text and "lr=2" in text
+
+
+def test_single_seed_has_no_ci_and_says_so(dirs, tmp_path):
+    one = copy_dir(dirs["main"], tmp_path / "one",
+                   edit_trials=lambda t: t[(t["phase"] == "search") | (t["seed"] == 0)])
+    result = build_report([one], tmp_path / "out", figures=False)
+    s = result["summary"]
+    assert (s["n"] == 1).all()
+    assert s[["test_acc_std", "test_acc_ci_low", "test_acc_ci_high", "diff_ci_low", "diff_p_value"]].isna().all().all()
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "Single seed for bp, fa, fa_probe: no standard deviation, no confidence interval" in text
+    assert "n/a (n<2)" in text
+
+
+def test_missing_diagnostics_are_reported_not_drawn(dirs, tmp_path):
+    result = build_report([dirs["only_bp"], dirs["only_fa"]], tmp_path)
+    names = {p.name.split("_digits")[0] for p in result["figures"]}
+    assert "diagnostics" not in names and {"val_acc", "alignment", "sensitivity"} <= names
+    text = (tmp_path / "report.md").read_text()
+    assert "not drawn — no algorithm diagnostics recorded" in text
+
+
+def test_combined_directories_equal_the_single_run(dirs, main_report, tmp_path):
+    _, out = main_report
+    combined = build_report([dirs["only_bp"], dirs["only_fa"], dirs["only_fa_probe"]], tmp_path,
+                            figures=False)["summary"]
+    single = pd.read_csv(out / "tables" / "summary.csv")
+    cols = ["test_acc_mean", "test_acc_std", "best_val_acc_mean", "updates_to_target_mean", "flops_ratio",
+            "diff_p_value"]
+    pd.testing.assert_frame_equal(combined.set_index("algo")[cols].sort_index(),
+                                  single.set_index("algo")[cols].sort_index(), check_dtype=False)
+
+
+def test_algorithm_missing_from_some_directories(dirs, tmp_path):
+    """main has bp/fa/fa_probe on tanh, diverged has bp/fa on linear; fa alone has no reference."""
+    result = build_report([dirs["main"], dirs["diverged"]], tmp_path / "a", figures=False)
+    s = result["summary"]
+    assert set(s.loc[s["network"] == "mlp-1x16-linear", "algo"]) == {"bp", "fa"}
+    text = (tmp_path / "a" / "report.md").read_text()
+    assert "### digits / mlp-1x16-linear" in text and "Not run on this dataset/network: fa_probe." in text
+    result = build_report([dirs["only_fa"], dirs["only_fa_probe"]], tmp_path / "b", figures=False)
+    assert result["summary"][["flops_ratio", "diff_test_acc", "target_acc"]].isna().all().all()
+    assert "bp (the reference) has no final-phase trials here" in (tmp_path / "b" / "report.md").read_text()
+    # an absolute target still works without the reference
+    result = build_report([dirs["only_fa"], dirs["only_fa_probe"]], tmp_path / "c", target="0.5", figures=False)
+    assert (result["summary"]["target_acc"] == 0.5).all() and (result["summary"]["reached_target"] > 0).any()
+
+
+def one_line_error(exc_info) -> str:
+    msg = str(exc_info.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_incompatible_protocol_is_refused(dirs, tmp_path):
+    other = copy_dir(dirs["only_fa"], tmp_path / "bs64",
+                     edit_trials=lambda t: t.assign(**{"hp.batch_size": 64}))
+    with pytest.raises(ResultsError) as exc:
+        load_results([dirs["only_bp"], other])
+    msg = one_line_error(exc)
+    assert "batch_size differs" in msg and "report them separately" in msg
+
+
+def test_different_dataset_fingerprints_are_refused(dirs, tmp_path):
+    def edit(env):
+        env["datasets"]["digits"]["fingerprint"] = "0" * 16
+        return env
+
+    other = copy_dir(dirs["only_fa"], tmp_path / "fp", edit_env=edit)
+    with pytest.raises(ResultsError) as exc:
+        load_results([dirs["only_bp"], other])
+    assert "fingerprint" in one_line_error(exc)
+
+
+def test_duplicate_runs_and_versions_are_refused(dirs, tmp_path):
+    with pytest.raises(ResultsError) as exc:
+        load_results([dirs["main"], dirs["only_bp"]])
+    assert "final-phase seed" in one_line_error(exc)
+    v2 = copy_dir(dirs["only_fa"], tmp_path / "v2", edit_trials=lambda t: t.assign(algo_version=2))
+    with pytest.raises(ResultsError) as exc:
+        load_results([dirs["only_bp"], dirs["only_fa_probe"], v2, dirs["main"]])
+    assert "several versions" in one_line_error(exc)
+
+
+def test_missing_and_empty_directories_give_clear_errors(dirs, tmp_path):
+    with pytest.raises(ResultsError, match="does not exist"):
+        load_results([tmp_path / "nope"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ResultsError, match="holds no trials.csv"):
+        load_results([tmp_path / "empty"])
+    (tmp_path / "header").mkdir()
+    pd.read_csv(dirs["main"] / "trials.csv").head(0).to_csv(tmp_path / "header" / "trials.csv", index=False)
+    with pytest.raises(ResultsError, match="has no trials"):
+        load_results([tmp_path / "header"])
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "trials.csv").write_text("")
+    with pytest.raises(ResultsError, match="has no trials"):
+        load_results([tmp_path / "blank"])
+    with pytest.raises(ResultsError, match="no results directory with a trials.csv"):
+        newest_results_dir(tmp_path / "empty")
+    with pytest.raises(ResultsError, match="--out"):
+        build_report([dirs["only_bp"], dirs["only_fa"]])
+    with pytest.raises(ConfigError, match="--target"):
+        build_report([dirs["only_bp"]], tmp_path / "x", target="lots")
+
+
+def test_cli_report_and_newest_default(dirs, tmp_path, capsys, monkeypatch):
+    root = tmp_path / "results"
+    old = copy_dir(dirs["only_bp"], root / "sweep" / "old")
+    new = copy_dir(dirs["only_fa"], root / "sweep" / "new")
+    import os
+
+    os.utime(old / "trials.csv", (1, 1))
+    assert newest_results_dir(root) == new
+    assert main(["report", "--results-root", str(root), "--no-figures"]) == 0
+    printed = capsys.readouterr().out
+    assert "digits / mlp-1x16-tanh" in printed and "| fa | 3/3 |" in printed
+    assert not (new / "figures").exists() or not list((new / "figures").iterdir())
+    assert (new / "report.md").is_file() and not (old / "report.md").exists()
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: results directory") and "does not exist" in err[0]
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", str(new), "--out", "combined", "--target", "0.5", "--target-metric", "test_acc",
+                 "--no-figures"]) == 0
+    s = pd.read_csv(tmp_path / "combined" / "tables" / "summary.csv")
+    assert (s["target_metric"] == "test_acc").all() and (s["target_acc"] == 0.5).all()
+
+
+def test_epoch_table_consistency(dirs):
+    """The fixture itself: epochs.csv belongs to trials.csv and ends at each trial's epoch count."""
+    t = pd.read_csv(dirs["main"] / "trials.csv")
+    e = pd.read_csv(dirs["main"] / "epochs.csv")
+    last = e.groupby("trial_id")["epoch"].max()
+    assert (last.reindex(t["trial_id"]).to_numpy() == t["epochs"].to_numpy()).all()
+    assert np.isfinite(e["flops_total"]).all()
