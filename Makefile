@@ -27,5 +27,13 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
+# make sweep [ALGO=id|a,b|all] [DATASET=name] [NETWORK=spec] [SEEDS=n] [TRIALS=n] [EPOCHS=n]
+#            [SPEC=sweeps/x.yaml|name] [ADDRESS=ray-address]; the last line printed is the results directory.
+sweep: install
+	$(BIN)/python -m harness.cli sweep \
+	  $(if $(SPEC),--spec '$(SPEC)') $(if $(ALGO),--algo '$(ALGO)') $(if $(DATASET),--dataset '$(DATASET)') \
+	  $(if $(NETWORK),--network '$(NETWORK)') $(if $(SEEDS),--seeds '$(SEEDS)') $(if $(TRIALS),--trials '$(TRIALS)') \
+	  $(if $(EPOCHS),--epochs '$(EPOCHS)') $(if $(ADDRESS),--address '$(ADDRESS)')
+
 clean:
 	rm -rf $(VENV) .pytest_cache

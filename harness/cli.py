@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_COMMANDS: list = []
 
 
+def _sweep_command(sub) -> None:
+    from harness.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
+
+
+_EXTRA_COMMANDS.append(_sweep_command)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
