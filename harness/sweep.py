@@ -388,7 +388,8 @@ def _progress_callback(phase: str):
                   f"best val {acc('best_val_acc')}  test {acc('best_test_acc')}", file=sys.stderr, flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._line(trial, (trial.last_result or {}).get("trial_status", "stopped"))
+            status = (trial.last_result or {}).get("trial_status", "running")
+            self._line(trial, "stopped" if status == "running" else status)  # running: Tune stopped it
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._line(trial, "FAILED")
