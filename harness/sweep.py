@@ -33,8 +33,8 @@ import yaml
 from harness import store
 from harness.errors import ConfigError, CreditbenchError, UnknownNameError
 from harness.results import epoch_rows, trial_row
-from harness.spec import (ALL, BUDGET_KEYS, SweepSpec, load_spec, sample_configs, space_to_yaml, spec_for_dataset,
-                          split_train, validate)
+from harness.spec import (ALL, BUDGET_KEYS, SweepSpec, load_spec, parse_spec, sample_configs, space_to_yaml,
+                          spec_for_dataset, split_train, validate)
 
 REPO = Path(__file__).resolve().parent.parent
 RAW = "raw"
@@ -141,7 +141,8 @@ def resolve(opts: SweepOptions) -> tuple[SweepSpec, dict]:
         resources["num_cpus"] = opts.num_cpus
     if opts.max_concurrent is not None:
         resources["max_concurrent"] = opts.max_concurrent
-    spec = SweepSpec(**{**spec.model_dump(), **update, "budgets": budgets, "resources": resources})
+    spec = parse_spec({**spec.model_dump(), **update, "budgets": budgets, "resources": resources},
+                      f"{path} with command-line options")
     DATASETS.get(spec.dataset)
     if opts.algo is not None:
         algorithms = _algorithm_list(opts.algo, "--algo")
@@ -168,12 +169,12 @@ def resolve(opts: SweepOptions) -> tuple[SweepSpec, dict]:
         base_train, base_params = split_train(spec.params.get(algo, {}))
         train = {**spec.optimizer, **base_train, **given_train}
         params = {**base_params, **given_params}
-        TrainConfig.build(train, owner=f"{algo} (fixed)")
-        cls.Params.build(params, owner=f"{algo} (fixed)")
-        fixed[algo] = {"train": train, "params": params}
+        tc = TrainConfig.build(train, owner=f"{algo} (fixed)")
+        pc = cls.Params.build(params, owner=f"{algo} (fixed)")
+        # keep only the keys given, as their validated values (--set passes strings)
+        fixed[algo] = {"train": {k: getattr(tc, k) for k in train}, "params": {k: getattr(pc, k) for k in params}}
         for key in set(given_train) | set(given_params):
-            if mode != "final" and key in spaces[algo]:
-                spaces[algo].pop(key)  # a value given on the command line is not searched
+            spaces[algo].pop(key, None)  # a value given on the command line is not searched
     data_dir = str(Path(spec.data_dir).expanduser().resolve()) if spec.data_dir else None
     check_available(spec.dataset, data_dir)
 
@@ -191,7 +192,8 @@ def resolve(opts: SweepOptions) -> tuple[SweepSpec, dict]:
         configs = {algo: [{"config_id": f"{algo}-given", **fixed[algo]}] for algo in algorithms}
 
     declared = {a: set(TrainConfig.search_space()) | set(get_algorithm(a).Params.search_space()) for a in algorithms}
-    given = {a: {**spec.params.get(a, {}), **sets} for a in algorithms}
+    given = {a: {k: v for k, v in {**fixed[a]["train"], **fixed[a]["params"]}.items()
+                 if k in spec.params.get(a, {}) or k in sets} for a in algorithms}
     resolved = spec.model_copy(update={
         "network": network, "algorithms": algorithms, "seeds": spec.seed_list(), "data_dir": data_dir,
         "params": {a: v for a, v in given.items() if v},
@@ -429,6 +431,9 @@ def _start_ray(spec: SweepSpec, address: str | None) -> bool:
                   log_to_driver=False)  # each trial logs to raw/trials/<id>/train.log; errors reach Tune
     if address == "local":
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Ray runs workers at nice 15 by default: on a shared machine trials would then get far less
+        # CPU than the same work run by `creditbench train`, which distorts time per update
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(address="local", num_cpus=spec.resources.num_cpus or os.cpu_count(),
                  object_store_memory=spec.resources.object_store_mb * 2**20, **kwargs)
     else:
@@ -650,8 +655,6 @@ def new_sweep(opts: SweepOptions, *, callbacks=(), argv=None, log=sys.stderr) ->
 def resume_sweep(out_dir: Path, *, address: str | None = None, callbacks=(), argv=None,
                  log=sys.stderr) -> tuple[Path, int]:
     """Continue an interrupted sweep: finished trials are kept, unfinished ones continue."""
-    from harness.spec import parse_spec
-
     out_dir = Path(out_dir).resolve()
     if not (out_dir / "plan.json").exists() or not (out_dir / "spec.yaml").exists():
         raise ConfigError(f"--resume {out_dir}: not a sweep results directory (no spec.yaml/plan.json)")
