@@ -102,7 +102,7 @@ def resolve(opts: SweepOptions) -> tuple[SweepSpec, dict]:
     """Apply the options to the spec and validate everything; return the resolved spec and the plan.
 
     Raises a :class:`CreditbenchError` on anything wrong, before any output or Ray."""
-    from harness.datasets import check_available
+    from harness.datasets import check_available, default_data_dir
     from harness.hparams import TrainConfig, split_overrides
     from harness.registry import DATASETS, get_algorithm, load_plugins
 
@@ -177,6 +177,9 @@ def resolve(opts: SweepOptions) -> tuple[SweepSpec, dict]:
             spaces[algo].pop(key, None)  # a value given on the command line is not searched
     data_dir = str(Path(spec.data_dir).expanduser().resolve()) if spec.data_dir else None
     check_available(spec.dataset, data_dir)
+    # prepare the files once here (e.g. Fashion-MNIST is decompressed from the system copy on first
+    # use), so that concurrent trials never write the same files at once
+    DATASETS.get(spec.dataset).load_raw(Path(data_dir) if data_dir else default_data_dir())
 
     configs = {}
     if mode != "final":
@@ -631,7 +634,8 @@ def print_table(rows: list[dict], log=sys.stderr) -> None:
     for algo, g in f.groupby("algo", sort=True):
         acc = pd.to_numeric(g["test_acc"], errors="coerce")
         std = acc.std(ddof=1) if acc.count() > 1 else float("nan")
-        print(f"{algo:<10} {len(g):>3} {(g['status'] == 'ok').sum():>3} {acc.mean():>12.4f} ± {std:<7.4f} "
+        spread = f"{std:<7.4f}" if math.isfinite(std) else f"{'-':<7}"
+        print(f"{algo:<10} {len(g):>3} {(g['status'] == 'ok').sum():>3} {acc.mean():>12.4f} ± {spread} "
               f"{pd.to_numeric(g['epochs']).mean():>7.1f}", file=log)
     print("", file=log, flush=True)
 

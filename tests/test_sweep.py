@@ -46,6 +46,7 @@ def ray_session():
     from harness.sweep import worker_runtime_env
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["RAY_worker_niceness"] = "0"  # as harness.sweep does for its own local Ray
     ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=worker_runtime_env(),
              log_to_driver=False, object_store_memory=128 * 2**20)
     yield
