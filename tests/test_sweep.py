@@ -234,3 +234,39 @@ def test_bad_command_line_is_rejected(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and message in err, (argv, err)
     assert not (tmp_path / "r").exists()
+
+
+def test_sampler_is_seeded_per_algorithm_and_within_bounds():
+    from harness.spec import Dist, sample_configs
+
+    space = {"lr": Dist(kind="loguniform", low=1e-4, high=1e-2), "k": Dist(kind="randint", low=1, high=3),
+             "c": Dist(kind="choice", values=["a", "b"])}
+    a = sample_configs(space, 20, seed=0, algo="x")
+    assert a == sample_configs(space, 20, seed=0, algo="x")
+    assert a != sample_configs(space, 20, seed=1, algo="x") and a != sample_configs(space, 20, seed=0, algo="y")
+    assert all(1e-4 <= c["lr"] <= 1e-2 and c["k"] in (1, 2, 3) and c["c"] in ("a", "b") for c in a)
+    assert {c["k"] for c in a} == {1, 2, 3}  # randint includes high
+
+
+def test_best_configuration_ignores_diverged_trials_and_breaks_ties_by_order():
+    from harness.sweep import select_best
+
+    nan = float("nan")
+    rows = [{"algo": "a", "config_id": "a-c00", "best_val_acc": 0.5},
+            {"algo": "a", "config_id": "a-c01", "best_val_acc": nan},
+            {"algo": "a", "config_id": "a-c02", "best_val_acc": 0.7},
+            {"algo": "a", "config_id": "a-c03", "best_val_acc": 0.7},
+            {"algo": "b", "config_id": "b-c00", "best_val_acc": nan}]
+    assert select_best(rows, ["a", "b"]) == {"a": "a-c02", "b": "b-c00"}
+
+
+def test_convergence_stopper_applies_patience_and_max_epochs():
+    from harness.sweep import _make_stopper
+
+    stop = _make_stopper(max_epochs=10, patience=2, min_delta=0.01)
+    accs = [0.5, 0.6, 0.605, 0.61, 0.9]  # 0.605 and 0.61 do not beat 0.6 by 0.01
+    decisions = [stop("t", {"epoch": i + 1, "val_acc": a, "train_loss": 1.0, "val_loss": 1.0})
+                 for i, a in enumerate(accs[:4])]
+    assert decisions == [False, False, False, True]
+    assert stop("u", {"epoch": 1, "val_acc": 0.1, "train_loss": float("nan"), "val_loss": 1.0})
+    assert stop("v", {"epoch": 10, "val_acc": 0.1, "train_loss": 1.0, "val_loss": 1.0})
