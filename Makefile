@@ -34,5 +34,13 @@ test: install
 report: install
 	$(BIN)/creditbench report $(RUN) $(if $(OUT),--out $(OUT)) $(if $(TARGET),--target $(TARGET))
 
+# make sweep [ALGO=id|a,b|all] [DATASET=name] [NETWORK=spec] [SEEDS=n] [TRIALS=n] [EPOCHS=n]
+#            [SPEC=sweeps/x.yaml|name] [ADDRESS=ray-address]; the last line printed is the results directory.
+sweep: install
+	$(BIN)/python -m harness.cli sweep \
+	  $(if $(SPEC),--spec '$(SPEC)') $(if $(ALGO),--algo '$(ALGO)') $(if $(DATASET),--dataset '$(DATASET)') \
+	  $(if $(NETWORK),--network '$(NETWORK)') $(if $(SEEDS),--seeds '$(SEEDS)') $(if $(TRIALS),--trials '$(TRIALS)') \
+	  $(if $(EPOCHS),--epochs '$(EPOCHS)') $(if $(ADDRESS),--address '$(ADDRESS)')
+
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -97,6 +97,14 @@ def _register_report(sub) -> None:
 
 _EXTRA_COMMANDS.append(_register_report)
 
+def _sweep_command(sub) -> None:
+    from harness.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
+
+
+_EXTRA_COMMANDS.append(_sweep_command)
+
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)

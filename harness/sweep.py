@@ -1,0 +1,724 @@
+"""Sweeps with Ray Tune: every registered algorithm, the same budgets and seeds, two phases.
+
+Protocol (DESIGN.md): a *search* phase (``budgets.search_trials`` configurations per algorithm,
+drawn first with a seeded sampler from the algorithm's search space, one seed each), then a
+*final* phase (each algorithm's best configuration by validation accuracy × every seed,
+trained to convergence: patience/min_delta on validation accuracy, at most
+``budgets.final_epochs``). Each phase is one Tune experiment whose ``param_space`` is a grid
+over the planned trials, so the seeds of the final phase share one configuration.
+
+Each trial runs :class:`harness.train.Trainer` in its own directory under
+``<results>/raw/trials/<trial_id>`` and reports every epoch to Tune with a checkpoint; a
+restarted trial (crash retry or ``--resume``) continues from ``tune.get_checkpoint()``.
+Results go to ``results/<spec>-<UTC stamp>/`` (``trials.csv``, ``epochs.csv``, ``spec.yaml``,
+``plan.json``, ``env.json``; Tune's own storage under ``raw/``). Everything checkable is
+checked before Ray starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from harness import store
+from harness.errors import ConfigError, CreditbenchError, UnknownNameError
+from harness.results import epoch_rows, trial_row
+from harness.spec import (ALL, BUDGET_KEYS, SweepSpec, load_spec, parse_spec, sample_configs, space_to_yaml,
+                          spec_for_dataset, split_train, validate)
+
+REPO = Path(__file__).resolve().parent.parent
+RAW = "raw"
+PHASES = ("search", "final")
+TRIAL_FIELDS = ("algo", "dataset", "network", "seed", "train", "params", "data_dir", "split_seed", "val_size",
+                "device", "probe_size", "target_acc")
+SUMMARY_EVERY_S = 30.0
+
+
+# =========================================================================== planning (no Ray)
+@dataclass
+class SweepOptions:
+    """What the command line (or ``make sweep``) asks for, on top of a spec."""
+
+    spec: str | None = None
+    algo: str | None = None  # one id, a comma list, or "all"
+    dataset: str | None = None
+    network: str | None = None
+    seeds: int | None = None
+    trials: int | None = None
+    epochs: int | None = None
+    address: str | None = None
+    search_only: bool = False
+    final_only: bool = False
+    sets: dict = field(default_factory=dict)  # --set key=value (fixed for every algorithm)
+    results_root: Path = Path("results")
+    data_dir: str | None = None
+    num_cpus: int | None = None
+    max_concurrent: int | None = None
+    name: str | None = None
+
+
+def _algorithm_list(value, source: str) -> list[str]:
+    from harness.registry import algorithm_names
+
+    registered = algorithm_names()
+    if value == ALL or value == [ALL]:
+        return registered
+    names = [a.strip() for a in value.split(",")] if isinstance(value, str) else list(value)
+    names = [a for a in names if a]
+    if not names:
+        raise ConfigError(f"{source}: no algorithm given; valid: {ALL}, {', '.join(registered)}")
+    for a in names:
+        if a not in registered:
+            raise UnknownNameError(f"algorithm at {source}", a, registered + [ALL])
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: algorithm listed twice in {names}")
+    return names
+
+
+def _check_network(spec: SweepSpec, algorithms: list[str]) -> str:
+    """The network every algorithm trains, checked against each algorithm's capabilities."""
+    from harness.networks import build_network
+    from harness.registry import DATASETS, get_algorithm
+
+    ds = DATASETS.get(spec.dataset)
+    name = spec.network or ds.default_network
+    net = build_network(name, ds.input_shape, ds.num_classes)
+    for algo in algorithms:
+        get_algorithm(algo).capabilities.check(algo, net)
+    return name
+
+
+def resolve(opts: SweepOptions) -> tuple[SweepSpec, dict]:
+    """Apply the options to the spec and validate everything; return the resolved spec and the plan.
+
+    Raises a :class:`CreditbenchError` on anything wrong, before any output or Ray."""
+    from harness.datasets import check_available, default_data_dir
+    from harness.hparams import TrainConfig, split_overrides
+    from harness.registry import DATASETS, get_algorithm, load_plugins
+
+    load_plugins()
+    if opts.search_only and opts.final_only:
+        raise ConfigError("--search-only and --final-only exclude each other")
+    if opts.dataset is not None:
+        DATASETS.get(opts.dataset)
+    source = opts.spec or (spec_for_dataset(opts.dataset) if opts.dataset else "default")
+    spec, path = load_spec(source)
+    update: dict = {}
+    if opts.dataset is not None and opts.dataset != spec.dataset:
+        update.update(dataset=opts.dataset, network=None, val_size=None)
+    if opts.network is not None:
+        update["network"] = opts.network
+    if opts.data_dir is not None:
+        update["data_dir"] = opts.data_dir
+    if opts.name is not None:
+        update["name"] = opts.name
+    if opts.seeds is not None:
+        if opts.seeds < 1:
+            raise ConfigError(f"--seeds must be ≥ 1, got {opts.seeds}")
+        update["seeds"] = opts.seeds
+    budgets = spec.budgets.model_dump()
+    if opts.trials is not None:
+        if opts.trials < 0:
+            raise ConfigError(f"--trials must be ≥ 0, got {opts.trials}")
+        budgets["search_trials"] = opts.trials
+    if opts.epochs is not None:
+        if opts.epochs < 1:
+            raise ConfigError(f"--epochs must be ≥ 1, got {opts.epochs}")
+        budgets["final_epochs"] = opts.epochs
+        budgets["search_epochs"] = min(budgets["search_epochs"], opts.epochs)
+    resources = spec.resources.model_dump()
+    if opts.num_cpus is not None:
+        resources["num_cpus"] = opts.num_cpus
+    if opts.max_concurrent is not None:
+        resources["max_concurrent"] = opts.max_concurrent
+    spec = parse_spec({**spec.model_dump(), **update, "budgets": budgets, "resources": resources},
+                      f"{path} with command-line options")
+    DATASETS.get(spec.dataset)
+    if opts.algo is not None:
+        algorithms = _algorithm_list(opts.algo, "--algo")
+    try:
+        if opts.algo is None:
+            algorithms = _algorithm_list(spec.algorithms, "algorithms")
+        spaces = validate(spec, algorithms)
+        network = _check_network(spec, algorithms)
+    except CreditbenchError as exc:  # name the spec file in the one-line message
+        exc.args = (f"{path}: {exc.args[0]}",) + exc.args[1:]
+        raise
+
+    sets = dict(opts.sets)
+    for key in sets:
+        if key in BUDGET_KEYS:
+            raise ConfigError(f"--set {key}: '{key}' is set by {BUDGET_KEYS[key]} (or --epochs), not --set")
+    mode = "search" if opts.search_only else "final" if opts.final_only or spec.budgets.search_trials == 0 else "both"
+    if mode == "search" and spec.budgets.search_trials == 0:
+        raise ConfigError("--search-only needs at least one search trial (budgets.search_trials / --trials)")
+    fixed = {}
+    for algo in algorithms:
+        cls = get_algorithm(algo)
+        given_train, given_params = split_overrides(sets, cls.Params, algo)
+        base_train, base_params = split_train(spec.params.get(algo, {}))
+        train = {**spec.optimizer, **base_train, **given_train}
+        params = {**base_params, **given_params}
+        tc = TrainConfig.build(train, owner=f"{algo} (fixed)")
+        pc = cls.Params.build(params, owner=f"{algo} (fixed)")
+        # keep only the keys given, as their validated values (--set passes strings)
+        fixed[algo] = {"train": {k: getattr(tc, k) for k in train}, "params": {k: getattr(pc, k) for k in params}}
+        for key in set(given_train) | set(given_params):
+            spaces[algo].pop(key, None)  # a value given on the command line is not searched
+    data_dir = str(Path(spec.data_dir).expanduser().resolve()) if spec.data_dir else None
+    check_available(spec.dataset, data_dir)
+    # prepare the files once here (e.g. Fashion-MNIST is decompressed from the system copy on first
+    # use), so that concurrent trials never write the same files at once
+    DATASETS.get(spec.dataset).load_raw(Path(data_dir) if data_dir else default_data_dir())
+
+    configs = {}
+    if mode != "final":
+        for algo in algorithms:
+            draws = sample_configs(spaces[algo], spec.budgets.search_trials, seed=spec.sampler_seed, algo=algo)
+            configs[algo] = []
+            for k, draw in enumerate(draws):
+                train, params = split_train(draw)
+                configs[algo].append({"config_id": f"{algo}-c{k:02d}",
+                                      "train": {**fixed[algo]["train"], **train},
+                                      "params": {**fixed[algo]["params"], **params}})
+    else:
+        configs = {algo: [{"config_id": f"{algo}-given", **fixed[algo]}] for algo in algorithms}
+
+    declared = {a: set(TrainConfig.search_space()) | set(get_algorithm(a).Params.search_space()) for a in algorithms}
+    given = {a: {k: v for k, v in {**fixed[a]["train"], **fixed[a]["params"]}.items()
+                 if k in spec.params.get(a, {}) or k in sets} for a in algorithms}
+    resolved = spec.model_copy(update={
+        "network": network, "algorithms": algorithms, "seeds": spec.seed_list(), "data_dir": data_dir,
+        "params": {a: v for a, v in given.items() if v},
+        "search_spaces": {a: {**{k: None for k in sorted(declared[a] - set(spaces[a]) - set(spec.optimizer)
+                                                          - set(given[a]) - set(BUDGET_KEYS))},
+                              **spaces[a]} for a in algorithms},
+    })
+    plan = {"mode": mode, "algorithms": algorithms, "configs": configs, "selected": {},
+            "address": opts.address, "spaces": {a: space_to_yaml(s) for a, s in spaces.items()}}
+    return resolved, plan
+
+
+def trial_dict(spec: SweepSpec, *, phase: str, algo: str, config: dict, seed: int, trials_root: Path) -> dict:
+    """One planned trial: everything the trainable needs, as plain data (Tune's config)."""
+    st = spec.stopping
+    search = phase == "search"
+    train = {**config["train"], "epochs": spec.budgets.search_epochs if search else spec.budgets.final_epochs,
+             "patience": (st.search_patience or st.patience) if search else st.patience, "min_delta": st.min_delta}
+    return {
+        "trial_id": f"{phase}-{config['config_id']}-s{seed}", "phase": phase, "config_id": config["config_id"],
+        "algo": algo, "seed": seed, "train": train, "params": dict(config["params"]),
+        "dataset": spec.dataset, "network": spec.network, "data_dir": spec.data_dir, "split_seed": spec.split_seed,
+        "val_size": spec.val_size, "device": spec.device, "probe_size": spec.probe_size,
+        "target_acc": spec.target_acc, "trials_root": str(trials_root), "cpus": spec.resources.cpus_per_trial,
+    }
+
+
+def phase_trials(spec: SweepSpec, plan: dict, phase: str, trials_root: Path) -> list[dict]:
+    seeds = spec.seed_list()
+    out = []
+    for algo in plan["algorithms"]:
+        if phase == "search":
+            out += [trial_dict(spec, phase=phase, algo=algo, config=c, seed=seeds[0], trials_root=trials_root)
+                    for c in plan["configs"][algo]]
+        else:
+            chosen = plan["selected"].get(algo, plan["configs"][algo][0]["config_id"])
+            config = next(c for c in plan["configs"][algo] if c["config_id"] == chosen)
+            out += [trial_dict(spec, phase=phase, algo=algo, config=config, seed=s, trials_root=trials_root)
+                    for s in seeds]
+    return out
+
+
+def select_best(rows: list[dict], algorithms: list[str]) -> dict[str, str]:
+    """Per algorithm, the search configuration with the highest best validation accuracy
+    (a diverged/failed trial counts as -inf; ties go to the earlier configuration)."""
+    best: dict[str, tuple[float, str]] = {}
+    for row in rows:
+        acc = row.get("best_val_acc")
+        acc = acc if isinstance(acc, (int, float)) and math.isfinite(acc) else -math.inf
+        if row["algo"] not in best or acc > best[row["algo"]][0]:
+            best[row["algo"]] = (acc, row["config_id"])
+    return {a: best[a][1] for a in algorithms if a in best}
+
+
+# =========================================================================== the trial (testable without Ray)
+_DATA_CACHE: dict = {}
+
+
+def _data(t: dict, device):
+    from harness.datasets import load_dataset
+
+    val = t["val_size"]
+    key = (t["dataset"], t["data_dir"], t["split_seed"], val, str(device))
+    if key not in _DATA_CACHE:  # reused actors keep the dataset in memory between trials
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = load_dataset(t["dataset"], data_dir=t["data_dir"], device=device,
+                                        split_seed=t["split_seed"], val_size=int(val) if val and val >= 1 else val)
+    return _DATA_CACHE[key]
+
+
+def trial_config(t: dict, device: str | None = None) -> dict:
+    cfg = {k: t[k] for k in TRIAL_FIELDS}
+    if device is not None:
+        cfg["device"] = device
+    return cfg
+
+
+def epoch_metrics(row: dict, trainer) -> dict:
+    """What Tune sees each epoch: the epoch row plus the trainer's running best and status."""
+    out = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out.update(best_val_acc=trainer.best["val_acc"], best_test_acc=trainer.best["test_acc"],
+               best_epoch=trainer.best["epoch"], trial_status=trainer.status)
+    return out
+
+
+def train_trial(t: dict, *, checkpoint_dir: str | Path | None, report: Callable[[dict, Path], None],
+                device: str | None = None) -> dict:
+    """Run (or continue) one planned trial with :class:`harness.train.Trainer`.
+
+    ``checkpoint_dir`` holds the last reported checkpoint (``None``: start afresh, discarding
+    any files an earlier unreported attempt left); ``report(metrics, trial_dir)`` is called after
+    every epoch, once the trial directory holds that epoch's checkpoint (and, after the last
+    epoch, ``summary.json``)."""
+    from harness.train import TrialConfig, Trainer, resolve_device
+
+    trial_dir = Path(t["trials_root"]) / t["trial_id"]
+    if trial_dir.exists():
+        shutil.rmtree(trial_dir)
+    if checkpoint_dir is not None:
+        shutil.copytree(checkpoint_dir, trial_dir)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    cfg = TrialConfig.build(trial_config(t, device), owner=t["trial_id"])
+    trainer = Trainer(cfg, data=_data(t, resolve_device(cfg.device)))
+
+    def on_epoch(row: dict, tr) -> None:
+        if tr.status != "running":
+            store.write_json(trial_dir / "summary.json", tr.summary())
+        report(epoch_metrics(row, tr), trial_dir)
+
+    with open(trial_dir / "train.log", "a") as log:
+        return trainer.run(trial_dir, on_epoch=on_epoch, log=log)
+
+
+def tune_trainable(config: dict) -> None:
+    """The Tune function trainable: one planned trial, resumed from Tune's checkpoint if any."""
+    import ray
+    import torch
+    from ray import tune
+
+    t = config["trial"]
+    torch.set_num_threads(max(1, int(t["cpus"])))
+    device = "cuda" if ray.get_gpu_ids() else ("cpu" if t["device"] == "auto" else t["device"])
+
+    def report(metrics: dict, trial_dir: Path) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(trial_dir)))
+
+    ck = tune.get_checkpoint()
+    if ck is None:
+        train_trial(t, checkpoint_dir=None, report=report, device=device)
+    else:
+        with ck.as_directory() as d:
+            train_trial(t, checkpoint_dir=d, report=report, device=device)
+
+
+# =========================================================================== Tune plumbing
+def worker_runtime_env() -> dict:
+    """Workers import this checkout's code (also right for an editable install)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {"env_vars": {"PYTHONPATH": path}}
+
+
+def _trial_dirname(trial) -> str:
+    return trial.config["trial"]["trial_id"]
+
+
+def _make_stopper(max_epochs: int, patience: int, min_delta: float):
+    from ray.tune.stopper import Stopper
+
+    class ConvergenceStopper(Stopper):
+        """Stop a trial when validation accuracy has not improved by ``min_delta`` for ``patience``
+        epochs, when its loss is not finite, or at ``max_epochs`` (the Trainer applies the same
+        rule to itself and records why it stopped)."""
+
+        def __init__(self):
+            self.best: dict[str, float] = {}
+            self.bad: dict[str, int] = {}
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            if "val_acc" not in result:
+                return False
+            if not (math.isfinite(result.get("train_loss", 0.0)) and math.isfinite(result.get("val_loss", 0.0))):
+                return True
+            acc = result["val_acc"]
+            if trial_id not in self.best or acc > self.best[trial_id] + min_delta:
+                self.best[trial_id], self.bad[trial_id] = acc, 0
+            else:
+                self.bad[trial_id] += 1
+                if self.bad[trial_id] >= patience:
+                    return True
+            return result.get("epoch", 0) >= max_epochs
+
+        def stop_all(self) -> bool:
+            return False
+
+    return ConvergenceStopper()
+
+
+def _progress_callback(phase: str):
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        """One line per finished trial and a short summary every SUMMARY_EVERY_S seconds."""
+
+        def setup(self, **info):
+            self.last = time.monotonic()
+            self.done = 0
+
+        def _line(self, trial, what: str) -> None:
+            r = trial.last_result or {}
+            t = trial.config["trial"]
+            self.done += 1
+            acc = lambda k: f"{r[k]:.4f}" if isinstance(r.get(k), (int, float)) else "-"  # noqa: E731
+            print(f"[{phase}] {t['trial_id']:<28} {what:<9} epochs {r.get('epoch', 0):>3}  "
+                  f"best val {acc('best_val_acc')}  test {acc('best_test_acc')}", file=sys.stderr, flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            status = (trial.last_result or {}).get("trial_status", "running")
+            self._line(trial, "stopped" if status == "running" else status)  # running: Tune stopped it
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._line(trial, "FAILED")
+
+        def on_step_end(self, iteration, trials, **info):
+            if time.monotonic() - self.last < SUMMARY_EVERY_S:
+                return
+            self.last = time.monotonic()
+            counts: dict[str, int] = {}
+            for tr in trials:
+                counts[tr.status.lower()] = counts.get(tr.status.lower(), 0) + 1
+            print(f"[{phase}] {len(trials)} trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
+                  file=sys.stderr, flush=True)
+
+    return Progress()
+
+
+def _gpus_per_trial(spec: SweepSpec) -> float:
+    import ray
+
+    g = spec.resources.gpus_per_trial
+    if g == "auto":
+        return 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return float(g)
+
+
+def _start_ray(spec: SweepSpec, address: str | None) -> bool:
+    """Start (or join) Ray; return whether this call started it (and so must shut it down)."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    kwargs = dict(include_dashboard=False, runtime_env=worker_runtime_env(), logging_level=logging.WARNING,
+                  log_to_driver=False)  # each trial logs to raw/trials/<id>/train.log; errors reach Tune
+    if address == "local":
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Ray runs workers at nice 15 by default: on a shared machine trials would then get far less
+        # CPU than the same work run by `creditbench train`, which distorts time per update
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        ray.init(address="local", num_cpus=spec.resources.num_cpus or os.cpu_count(),
+                 object_store_memory=spec.resources.object_store_mb * 2**20, **kwargs)
+    else:
+        ray.init(address=address, **kwargs)
+    return True
+
+
+def run_phase(phase: str, trials: list[dict], spec: SweepSpec, out_dir: Path, *, callbacks=()):
+    """Run (or restore and finish) one phase's Tune experiment; return (ResultGrid, interrupted)."""
+    from ray import tune
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; Progress prints instead
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    storage = (out_dir / RAW / "tune").resolve()
+    exp = storage / phase
+    gpus = _gpus_per_trial(spec)
+    trainable = tune.with_resources(tune_trainable, {"cpu": spec.resources.cpus_per_trial, "gpu": gpus})
+    if tune.Tuner.can_restore(str(exp)):
+        tuner = tune.Tuner.restore(str(exp), trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        search = phase == "search"
+        st = spec.stopping
+        scheduler = None
+        if search and st.search_scheduler == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max",
+                                      max_t=spec.budgets.search_epochs, grace_period=st.asha_grace_epochs)
+        stopper = _make_stopper(spec.budgets.search_epochs if search else spec.budgets.final_epochs,
+                                (st.search_patience or st.patience) if search else st.patience, st.min_delta)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(trials)},
+            tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=spec.resources.reuse_actors,
+                                        max_concurrent_trials=spec.resources.max_concurrent,
+                                        trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(
+                name=phase, storage_path=str(storage), stop=stopper, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                callbacks=[_progress_callback(phase), *callbacks]),
+        )
+    grid = tuner.fit()
+    interrupted = grid.num_terminated + grid.num_errors < len(grid)
+    return grid, interrupted
+
+
+# =========================================================================== collecting results
+def _rebuild_summary(t: dict, ck_dir: Path, status: str, reason: str) -> dict:
+    """The summary of a trial that did not finish by itself (stopped by the scheduler, or failed)."""
+    from harness.train import CHECKPOINT, Trainer, TrialConfig
+
+    cfg = TrialConfig.build(trial_config(t, "cpu"), owner=t["trial_id"])
+    trainer = Trainer(cfg, data=_data(t, "cpu"))
+    trainer.load_checkpoint(ck_dir / CHECKPOINT)
+    if trainer.status == "running":
+        trainer.status, trainer.stop_reason = status, reason
+    return trainer.summary()
+
+
+def collect(grid, planned: list[dict]) -> tuple[list[dict], list[dict], set[str]]:
+    """trials.csv and epochs.csv rows of the finished trials, in plan order; and the unfinished ids."""
+    import torch
+
+    from harness.train import CHECKPOINT
+
+    by_id = {}
+    for result in grid:
+        by_id[result.config["trial"]["trial_id"]] = result
+    rows, epochs, unfinished = [], [], set()
+    for t in planned:
+        result = by_id.get(t["trial_id"])
+        summary, history, error = None, [], ""
+        if result is not None and result.error is not None:
+            error = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:300]}"
+        ck = result.checkpoint if result is not None else None
+        if ck is not None:
+            with ck.as_directory() as d:
+                d = Path(d)
+                history = torch.load(d / CHECKPOINT, map_location="cpu", weights_only=False)["history"]
+                if (d / "summary.json").exists():
+                    summary = json.loads((d / "summary.json").read_text())
+                elif error:
+                    summary = _rebuild_summary(t, d, "failed", "error")
+                elif result is not None and _terminated(result):
+                    summary = _rebuild_summary(t, d, "stopped", "tune scheduler")
+        if summary is None:
+            if not error:
+                unfinished.add(t["trial_id"])
+                continue
+            summary = {"algo": t["algo"], "dataset": t["dataset"], "network": t["network"], "seed": t["seed"],
+                       "status": "failed", "stop_reason": "error", "epochs": 0,
+                       "config": {"train": t["train"], "params": t["params"]}}
+        row = trial_row(summary, trial_id=t["trial_id"], phase=t["phase"], config_id=t["config_id"])
+        row["error"] = error
+        rows.append(row)
+        epochs += epoch_rows(history, trial_id=t["trial_id"], phase=t["phase"], config_id=t["config_id"],
+                             algo=t["algo"], seed=t["seed"])
+    return rows, epochs, unfinished
+
+
+def _terminated(result) -> bool:
+    # a trial Tune stopped reports "done" in its last result
+    return bool((result.metrics or {}).get("done"))
+
+
+def _trial_columns(rows: list[dict]) -> list[str]:
+    """Summary columns, then every hyperparameter, then diagnostics and angles, then ``error``."""
+    seen = list(dict.fromkeys(k for row in rows for k in row))
+    hps = [c for c in seen if c.startswith("hp.")]
+    first_hp = next((i for i, c in enumerate(seen) if c.startswith("hp.")), len(seen))
+    head = [c for c in seen[:first_hp] if c != "error"]
+    tail = [c for c in seen[first_hp:] if not c.startswith("hp.") and c != "error" and c not in head]
+    return head + hps + tail + (["error"] if "error" in seen else [])
+
+
+def write_tables(out_dir: Path, rows: list[dict], epochs: list[dict]) -> None:
+    import pandas as pd
+
+    store.write_csv(out_dir / "trials.csv", pd.DataFrame(rows, columns=_trial_columns(rows)))
+    store.write_csv(out_dir / "epochs.csv", pd.DataFrame(epochs))
+
+
+def _env(spec: SweepSpec, rows: list[dict], started: float, argv: list[str] | None) -> dict:
+    import ray
+    import torch
+
+    from harness.provenance import environment
+
+    env = environment(torch.device("cuda" if torch.cuda.is_available() and spec.device != "cpu" else "cpu"))
+    env["command"] = argv
+    env["ray"] = {"cluster_resources": ray.cluster_resources() if ray.is_initialized() else None}
+    fps = sorted({r.get("dataset_fingerprint") for r in rows if r.get("dataset_fingerprint")})
+    env["dataset"] = {"name": spec.dataset, "fingerprints": fps}
+    env["sweep_wall_time_s"] = time.time() - started
+    return env
+
+
+# =========================================================================== the sweep
+def _write_plan(out_dir: Path, spec: SweepSpec, plan: dict) -> None:
+    data = spec.model_dump(mode="json")
+    data["search_spaces"] = {a: {k: (None if d is None else {f: v for f, v in d.items() if v is not None})
+                                 for k, d in block.items()} for a, block in data["search_spaces"].items()}
+    store.write_text(out_dir / "spec.yaml", yaml.safe_dump(data, sort_keys=False))
+    store.write_json(out_dir / "plan.json", plan)
+
+
+def execute(out_dir: Path, spec: SweepSpec, plan: dict, *, callbacks=(), argv=None, log=sys.stderr) -> int:
+    """Run the phases that are not finished yet; write the tables after each. Return an exit code."""
+    import ray
+
+    started = time.time()
+    trials_root = (out_dir / RAW / "trials").resolve()
+    owns_ray = _start_ray(spec, plan.get("address"))
+    try:
+        rows: list[dict] = []
+        epochs: list[dict] = []
+        phases = [p for p in PHASES if plan["mode"] in ("both", p)]
+        for phase in phases:
+            planned = phase_trials(spec, plan, phase, trials_root)
+            print(f"[{phase}] {len(planned)} trials: {', '.join(plan['algorithms'])}", file=log, flush=True)
+            grid, interrupted = run_phase(phase, planned, spec, out_dir, callbacks=callbacks)
+            phase_rows, phase_epochs, unfinished = collect(grid, planned)
+            rows += phase_rows
+            epochs += phase_epochs
+            write_tables(out_dir, rows, epochs)
+            store.write_json(out_dir / "env.json", _env(spec, rows, started, argv))
+            if interrupted or unfinished:
+                print(f"interrupted: {len(planned) - len(unfinished)} of {len(planned)} {phase} trials finished; "
+                      f"continue with: creditbench sweep --resume {out_dir}", file=log, flush=True)
+                return 130
+            if phase == "search" and plan["mode"] == "both":
+                plan["selected"] = select_best(phase_rows, plan["algorithms"])
+                _write_plan(out_dir, spec, plan)
+                for algo, cid in plan["selected"].items():
+                    print(f"[search] {algo}: best configuration {cid}", file=log, flush=True)
+        print_table(rows, log)
+        return 0
+    finally:
+        if owns_ray:
+            ray.shutdown()
+
+
+def print_table(rows: list[dict], log=sys.stderr) -> None:
+    """Mean ± std of test accuracy (at the best validation epoch) over the final seeds."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return
+    phase = "final" if (frame["phase"] == "final").any() else "search"
+    f = frame[frame["phase"] == phase]
+    print(f"\n{phase} phase: test accuracy at the best validation epoch", file=log)
+    print(f"{'algorithm':<10} {'n':>3} {'ok':>3} {'test acc mean ± std':>22} {'epochs':>7}", file=log)
+    for algo, g in f.groupby("algo", sort=True):
+        acc = pd.to_numeric(g["test_acc"], errors="coerce")
+        std = acc.std(ddof=1) if acc.count() > 1 else float("nan")
+        spread = f"{std:<7.4f}" if math.isfinite(std) else f"{'-':<7}"
+        print(f"{algo:<10} {len(g):>3} {(g['status'] == 'ok').sum():>3} {acc.mean():>12.4f} ± {spread} "
+              f"{pd.to_numeric(g['epochs']).mean():>7.1f}", file=log)
+    print("", file=log, flush=True)
+
+
+def new_sweep(opts: SweepOptions, *, callbacks=(), argv=None, log=sys.stderr) -> tuple[Path, int]:
+    """Validate, create the results directory, run. Nothing is created if validation fails."""
+    from harness.cli import utc_stamp
+
+    spec, plan = resolve(opts)
+    out_dir = Path(opts.results_root) / f"{spec.name}-{utc_stamp()}"
+    n = 1
+    while out_dir.exists():
+        out_dir = Path(opts.results_root) / f"{spec.name}-{utc_stamp()}-{n}"
+        n += 1
+    out_dir = out_dir.resolve()
+    out_dir.mkdir(parents=True)
+    _write_plan(out_dir, spec, plan)
+    return out_dir, execute(out_dir, spec, plan, callbacks=callbacks, argv=argv, log=log)
+
+
+def resume_sweep(out_dir: Path, *, address: str | None = None, callbacks=(), argv=None,
+                 log=sys.stderr) -> tuple[Path, int]:
+    """Continue an interrupted sweep: finished trials are kept, unfinished ones continue."""
+    out_dir = Path(out_dir).resolve()
+    if not (out_dir / "plan.json").exists() or not (out_dir / "spec.yaml").exists():
+        raise ConfigError(f"--resume {out_dir}: not a sweep results directory (no spec.yaml/plan.json)")
+    spec = parse_spec(yaml.safe_load((out_dir / "spec.yaml").read_text()), str(out_dir / "spec.yaml"))
+    plan = json.loads((out_dir / "plan.json").read_text())
+    if address is not None:
+        plan["address"] = address
+    return out_dir, execute(out_dir, spec, plan, callbacks=callbacks, argv=argv, log=log)
+
+
+# =========================================================================== command line
+def cmd_sweep(args) -> int:
+    from harness.hparams import parse_assignments
+
+    argv = sys.argv[:]
+    if args.resume:
+        out_dir, code = resume_sweep(Path(args.resume), address=args.address, argv=argv)
+    else:
+        opts = SweepOptions(
+            spec=args.spec or None, algo=args.algo or None, dataset=args.dataset or None,
+            network=args.network or None, seeds=args.seeds, trials=args.trials, epochs=args.epochs,
+            address=args.address or None, search_only=args.search_only, final_only=args.final_only,
+            sets=parse_assignments(args.set), results_root=Path(args.results), data_dir=args.data_dir,
+            num_cpus=args.num_cpus, max_concurrent=args.max_concurrent, name=args.name)
+        out_dir, code = new_sweep(opts, argv=argv)
+    print(out_dir)
+    return code
+
+
+def _int_or_empty(value: str) -> int | None:
+    if value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{value}'") from None
+
+
+def add_sweep_parser(sub) -> None:
+    s = sub.add_parser("sweep", help="run a Ray Tune sweep (search phase, then final phase over seeds)",
+                       description="Run a sweep spec (sweeps/*.yaml); the last line printed is the results directory.")
+    s.add_argument("--spec", default=None, help="spec file or name in sweeps/ (default: the spec matching "
+                                                "--dataset, else sweeps/default.yaml)")
+    s.add_argument("--algo", default=None, help=f"algorithm id, comma list, or '{ALL}' (default: the spec's list)")
+    s.add_argument("--dataset", default=None)
+    s.add_argument("--network", default=None, help="preset or mlp-<depth>x<width>-<activation>")
+    s.add_argument("--seeds", type=_int_or_empty, default=None, help="number of final-phase seeds")
+    s.add_argument("--trials", type=_int_or_empty, default=None, help="search configurations per algorithm")
+    s.add_argument("--epochs", type=_int_or_empty, default=None, help="maximum epochs (final; caps search)")
+    s.add_argument("--address", default=None, help="existing Ray cluster (default: $RAY_ADDRESS or a local Ray)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="hyperparameter held fixed for every algorithm (e.g. with --final-only)")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument("--search-only", action="store_true", help="only the search phase")
+    mode.add_argument("--final-only", action="store_true",
+                      help="only the final phase, with the spec's fixed values and --set (no search)")
+    s.add_argument("--resume", default=None, metavar="DIR", help="continue an interrupted sweep in DIR")
+    s.add_argument("--results", default="results", help="parent folder of the results directory")
+    s.add_argument("--data-dir", default=None)
+    s.add_argument("--num-cpus", type=_int_or_empty, default=None, help="CPUs of the local Ray instance")
+    s.add_argument("--max-concurrent", type=_int_or_empty, default=None, help="trials running at once")
+    s.add_argument("--name", default=None, help="results directory prefix (default: the spec's name)")
+    s.set_defaults(func=cmd_sweep)
