@@ -1,0 +1,255 @@
+"""Conformance tests of tp and dtp (algorithms/tp.py, algorithms/dtp.py): the math they must satisfy,
+and the plugin contract (every parameter updated, no state change in compute_update, determinism,
+checkpoint round trip)."""
+
+import math
+
+import pytest
+import torch
+
+from harness.algorithm import output_error
+from harness.datasets import load_dataset
+from harness.errors import UnsupportedError
+from harness.metrics import angle_degrees
+from harness.networks import build_network
+from harness.registry import get_algorithm
+from harness.train import Trainer
+
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These networks are tiny: one thread is fastest and immune to a busy machine's oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+VARIANTS = [
+    ("tp", {}),
+    ("tp", {"schedule": "parallel"}),
+    ("dtp", {}),
+    ("dtp", {"penultimate": "inverse"}),
+    ("dtp", {"penultimate": "inverse", "schedule": "parallel", "feedback_steps": 2}),
+]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def make(algo, spec, digits, params=None, *, dtype=torch.float64, seed=0):
+    net = build_network(spec, digits.input_shape, digits.num_classes,
+                        generator=torch.Generator().manual_seed(seed)).to(dtype)
+    return get_algorithm(algo)(net, params or {}, generator=torch.Generator().manual_seed(seed + 1))
+
+
+def batch(digits, n=64, dtype=torch.float64):
+    return digits.x_train[:n].to(dtype), digits.y_train[:n]
+
+
+def per_example_error(algo, x, y):
+    fw = algo.net.forward_all(x)
+    _, e = output_error(fw.logits, y)
+    return fw, e * len(y)  # ∂ℓ/∂h_L of each example's own loss
+
+
+# ------------------------------------------------------------------ the math
+def test_dtp_exact_inverse_gives_gauss_newton_target_one_hidden_layer(digits):
+    """h_1* − h_1 = W₂⁺(−β ∂ℓ/∂h_2) to numerical precision (simplified DTP, exact inverses)."""
+    for beta in (1.0, 0.1):
+        algo = make("dtp", "mlp-1x16-tanh", digits, {"inverse": "exact", "penultimate": "inverse", "beta": beta})
+        x, y = batch(digits)
+        fw, eps = per_example_error(algo, x, y)
+        t = algo.compute_targets(fw, y)
+        w2 = algo.net.layers[1].weight
+        gauss_newton = (-beta * eps) @ torch.linalg.pinv(w2).t()
+        torch.testing.assert_close(t.target[0] - fw.h[1], gauss_newton, rtol=1e-9, atol=1e-11)
+        assert gauss_newton.abs().max() > 1e-3  # not trivially zero
+
+
+def gauss_newton_h1(net, fw, eps, beta):
+    """GN target displacement at h_1 of a 2-hidden-layer MLP: J⁺(−β ε) per example, J = ∂a_3/∂h_1."""
+    w2, w3 = net.layers[1].weight, net.layers[2].weight
+    d2 = 1 - fw.h[2] ** 2  # tanh'(a_2)
+    jac = w3 @ (d2[:, :, None] * w2)  # (n, 10, d1)
+    return (torch.linalg.pinv(jac) @ (-beta * eps)[:, :, None]).squeeze(-1)
+
+
+def test_dtp_direction_converges_to_gauss_newton_as_beta_shrinks(digits):
+    """Square layers (64-10-10-10), exact inverses: the last hidden layer's target is GN at every β, the
+    layer below's update direction tends to GN's (angle → 0, roughly ∝ β)."""
+    x, y = batch(digits)
+    angles = []
+    for beta in (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6):
+        algo = make("dtp", "mlp-2x10-tanh", digits, {"inverse": "exact", "penultimate": "inverse", "beta": beta})
+        net = algo.net
+        fw, eps = per_example_error(algo, x, y)
+        t = algo.compute_targets(fw, y)
+        w3 = net.layers[2].weight
+        torch.testing.assert_close(t.target[1] - fw.h[2], (-beta * eps) @ torch.linalg.inv(w3).t(),
+                                   rtol=1e-8, atol=1e-12)
+        algo.compute_update(x, y)
+        gn = gauss_newton_h1(net, fw, eps, beta)
+        delta = -(gn / (beta * len(y))) * (1 - fw.h[1] ** 2)  # (h − h*)/(βn) ⊙ f'(a_1) with h* − h = GN
+        gn_update = delta.t() @ x.flatten(1)
+        angles.append(angle_degrees(net.layers[0].weight.grad, gn_update))
+    assert angles[0] > 1.0, angles  # the nonlinearity matters at large β ...
+    assert all(a > b for a, b in zip(angles[1:], angles[2:])), angles  # ... and its effect shrinks with β
+    assert angles[-1] < 0.01, angles
+    assert 5 < angles[-2] / angles[-1] < 20, angles  # first order in β
+
+
+def test_tp_without_difference_misses_gauss_newton_with_imperfect_inverses(digits):
+    """64-16-10: W_2 (10×16) has no exact inverse, so its pseudoinverse reconstructs h_1 imperfectly. dtp's
+    difference term cancels that error (GN target at every β); tp's target keeps it, so its displacement
+    does not shrink with β and its direction tends away from GN's."""
+    x, y = batch(digits)
+    for beta in (1e-1, 1e-3):
+        params = {"inverse": "exact", "beta": beta}
+        tp = make("tp", "mlp-1x16-tanh", digits, params)
+        dtp = make("dtp", "mlp-1x16-tanh", digits, {**params, "penultimate": "inverse"})
+        fw, eps = per_example_error(tp, x, y)
+        gn = (-beta * eps) @ torch.linalg.pinv(tp.net.layers[1].weight).t()
+        shift_tp = tp.compute_targets(fw, y).target[0] - fw.h[1]
+        shift_dtp = dtp.compute_targets(fw, y).target[0] - fw.h[1]
+        assert angle_degrees(shift_dtp, gn) < 1e-4
+        assert angle_degrees(shift_tp, gn) > 45.0
+        assert (shift_tp - gn).norm() > 0.5 * shift_tp.norm()
+        if beta == 1e-1:
+            first = shift_tp.norm()
+    assert shift_tp.norm() > 0.5 * first  # 100× smaller β, tp's displacement barely shrinks
+
+    # the same with learned (imperfect) inverses: dtp's displacement is O(β), tp's is not
+    shifts = {}
+    for name, extra in (("tp", {}), ("dtp", {"penultimate": "inverse"})):
+        for beta in (1e-1, 1e-3):
+            algo = make(name, "mlp-1x16-tanh", digits, {"beta": beta, **extra})
+            fw = algo.net.forward_all(x)
+            shifts[name, beta] = (algo.compute_targets(fw, y).target[0] - fw.h[1]).norm().item()
+    assert shifts["dtp", 1e-3] / shifts["dtp", 1e-1] < 0.02
+    assert shifts["tp", 1e-3] / shifts["tp", 1e-1] > 0.5
+
+
+@pytest.mark.parametrize("act,factor", [("linear", {"inv_recon_l2": 10, "inv_recon_l3": 10}),
+                                       ("tanh", {"inv_recon_l2": 3, "inv_recon_l3": 10})])
+def test_inverse_training_reduces_reconstruction_error(act, factor, digits):
+    """Pre-training the inverses on a fixed 64-8-8-10 network (every layer injective, so exact inverses
+    exist) cuts the reconstruction error ≥ 10× wherever the exact inverse lies in the learned family
+    g(h) = f_{l-1}(V h + c): every layer of a linear network, and the top layer (logits → tanh units) of a
+    tanh network. For a tanh → tanh layer the exact inverse W⁺(atanh(h) − b) is outside that family, and
+    the error floors near 25% of ‖h‖ (measured), so only a ≥ 3× drop is required there."""
+    algo = make("tp", f"mlp-2x8-{act}", digits, {"feedback_lr": 0.05, "sigma": 0.01, "pretrain_epochs": 80},
+                dtype=torch.float32)
+    x, y = digits.x_train[:256], digits.y_train[:256]
+    weights = [p.clone() for p in algo.net.parameters()]
+    before = algo.diagnostics(x, y)
+    algo.pretrain(digits, 128)
+    after = algo.diagnostics(x, y)
+    assert set(before) == set(factor)
+    for key, k in factor.items():
+        assert after[key] < before[key] / k, (key, before[key], after[key])
+    assert all(torch.equal(p, w) for p, w in zip(algo.net.parameters(), weights))  # forward weights untouched
+
+
+def test_dtp_gradient_penultimate_matches_bp_in_top_two_layers(digits):
+    """Lee et al.'s penultimate target is a gradient step: the top two layers' updates are bp's, bit for bit."""
+    algo = make("dtp", "mlp-2x16-tanh", digits, dtype=torch.float32)
+    x, y = batch(digits, dtype=torch.float32)
+    algo.compute_update(x, y)
+    mine = [(p.grad.clone()) for p in algo.net.parameters()]
+    for p in algo.net.parameters():
+        p.grad = None
+    loss = torch.nn.functional.cross_entropy(algo.net(x), y)
+    loss.backward()
+    bp = [p.grad for p in algo.net.parameters()]
+    for m, g in list(zip(mine, bp))[2:]:  # layers 2 and 3: weight and bias
+        assert torch.equal(m, g)
+    assert not torch.allclose(mine[0], bp[0])  # layer 1 is trained through the learned inverse
+
+
+# ------------------------------------------------------------------ the plugin contract
+@pytest.mark.parametrize("algo,params", VARIANTS)
+def test_step_updates_every_parameter_and_leaves_compute_update_pure(algo, params, digits):
+    a = make(algo, "mlp-2x16-tanh", digits, params, dtype=torch.float32)
+    x, y = batch(digits, dtype=torch.float32)
+    inv_before = {i: (v.clone(), a.c[i].clone()) for i, v in a.V.items()}
+    gen_before = a.gen.get_state()
+
+    out1 = a.compute_update(x, y)
+    grads1 = [p.grad.clone() for p in a.net.parameters()]
+    out2 = a.compute_update(x, y)
+    grads2 = [p.grad.clone() for p in a.net.parameters()]
+    assert torch.equal(out1.loss, out2.loss)
+    assert all(torch.equal(g1, g2) for g1, g2 in zip(grads1, grads2))
+    assert all(torch.equal(v, inv_before[i][0]) and torch.equal(a.c[i], inv_before[i][1]) for i, v in a.V.items())
+    assert torch.equal(a.gen.get_state(), gen_before)
+    assert a.inv_opt is None or not a.inv_opt.state
+
+    opt = torch.optim.SGD(a.net.parameters(), lr=0.1)
+    before = [p.clone() for p in a.net.parameters()]
+    out = a.step(x, y)
+    opt.step()
+    assert math.isfinite(out.loss.item())
+    for (name, p), b in zip(a.net.named_parameters(), before):
+        assert torch.isfinite(p).all(), name
+        assert not torch.equal(p, b), f"{algo} {params}: {name} unchanged"
+    assert a.V and any(not torch.equal(v, inv_before[i][0]) for i, v in a.V.items())  # inverses learned
+
+
+@pytest.mark.parametrize("algo", ["tp", "dtp"])
+def test_refuses_relu_and_conv_networks(algo, digits):
+    for spec, word in (("mlp-2x16-relu", "relu"), ("cnn-small-tanh", "conv")):
+        net = build_network(spec, digits.input_shape, digits.num_classes)
+        with pytest.raises(UnsupportedError, match=word) as err:
+            get_algorithm(algo)(net, {})
+        assert "tanh" in str(err.value) or "linear" in str(err.value)
+
+
+def test_leaky_relu_network_trains(digits):
+    a = make("dtp", "mlp-2x16-leaky-relu", digits, {"penultimate": "inverse", "inverse": "exact"},
+             dtype=torch.float32)
+    x, y = batch(digits, dtype=torch.float32)
+    out = a.step(x, y)
+    assert math.isfinite(out.loss.item())
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in a.net.parameters())
+
+
+def trial(algo, epochs, params=None, **extra):
+    return {"algo": algo, "dataset": "digits", "network": "mlp-2x16-tanh", "seed": 3, "probe_size": 64,
+            "train": {"epochs": epochs, "batch_size": 64}, "params": params or {}, **extra}
+
+
+VOLATILE = {"wall_time_s", "seconds_per_update", "peak_memory_bytes"}
+
+
+def stable(history):
+    return [{k: v for k, v in row.items() if k not in VOLATILE} for row in history]
+
+
+@pytest.mark.parametrize("algo,params", [("tp", {"pretrain_epochs": 1}), ("dtp", {"penultimate": "inverse"})])
+def test_same_seed_same_results_and_resume_is_exact(algo, params, digits, tmp_path, capsys):
+    straight = Trainer(trial(algo, 4, params), data=digits)
+    straight.run(None)
+    again = Trainer(trial(algo, 4, params), data=digits)
+    again.run(None)
+    assert stable(straight.history) == stable(again.history)
+
+    first = Trainer(trial(algo, 2, params), data=digits)
+    first.run(tmp_path)
+    resumed = Trainer(trial(algo, 4, params), data=digits)
+    summary = resumed.run(tmp_path)
+    assert len(resumed.history) == 4
+    assert stable(resumed.history) == stable(straight.history)
+    row = straight.history[-1]
+    assert all(math.isfinite(row[k]) for k in row if k.startswith(("inv_recon_l", "angle_l", "flops_")))
+    assert row["flops_feedback"] > 0 and row["flops_credit"] > 0
+    assert summary["pretrain_flops"] > 0 if params.get("pretrain_epochs") else summary["pretrain_flops"] == 0
+
+
+def test_exact_inverse_costs_no_feedback_flops(digits):
+    t = Trainer(trial("dtp", 1, {"inverse": "exact"}), data=digits)
+    s = t.run(None)
+    assert s["flops_per_update"]["feedback"] == 0 and s["flops_per_update"]["credit"] > 0
+    assert t.algo.inv_opt is None
