@@ -27,6 +27,7 @@ Gauss–Newton targets as β → 0 (Meulemans et al. 2020, NeurIPS).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 from harness.hparams import choice, hp, loguniform
@@ -42,6 +43,8 @@ class DifferenceTargetProp(TargetProp):
     description = "difference target propagation: tp with the difference correction g(h*) − g(h)"
     reference = "Lee et al. 2015, ECML-PKDD (LNCS 9284:498); Bartunov et al. 2018, NeurIPS"
 
+    # the default penultimate=gradient uses W_Lᵀ for the top layer (Lee et al.); penultimate=inverse does not
+    capabilities = replace(TargetProp.capabilities, transports_weights=True)
     difference = True
 
     class Params(TargetProp.Params):

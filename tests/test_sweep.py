@@ -207,7 +207,7 @@ BAD_SPECS = [
     ({"search_spaces": {"nope": {}}}, "unknown algorithm at search_spaces.nope"),
     ({"search_spaces": {"fa": {"feedback_scale": {"kind": "loguniform", "low": 1.0, "high": 0.5}}}},
      "search_spaces.fa.feedback_scale"),
-    ({"search_spaces": {"all": {"lr": {"kind": "loguniform", "low": 1e-4, "high": 100.0}}}}, "lr"),
+    ({"search_spaces": {"all": {"lr": {"kind": "loguniform", "low": 1e-4, "high": 1.0e7}}}}, "lr"),
     ({"optimizer": {"epochs": 3}}, "optimizer.epochs: 'epochs' is set by budgets"),
     ({"network": "mlp-2x16-sigmoid"}, "unknown activation 'sigmoid'"),
 ]
