@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness import store
 from harness.errors import DataError
 from harness.registry import DATASETS, register_dataset
 
@@ -117,8 +117,8 @@ def _load_idx(cls_name: str, folder: str, system_dir: Path | None = None):
             for f in IDX_FILES:
                 src = system_dir / (f + ".gz")
                 if src.exists() and not (raw / f).exists():
-                    with gzip.open(src, "rb") as fin, open(raw / f, "wb") as fout:
-                        shutil.copyfileobj(fin, fout)
+                    with gzip.open(src, "rb") as fin:  # atomic: concurrent trials may do this at once
+                        store.write_bytes(raw / f, fin.read())
         missing = _idx_missing(folder)(root)
         cls = getattr(torchvision.datasets, cls_name)
         try:
