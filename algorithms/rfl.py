@@ -67,12 +67,12 @@ DERIV_FLOOR = 1e-6  # floor of f' in propagation=linearized
 
 def recirculation_step(P: torch.Tensor, v: torch.Tensor, u: torch.Tensor, v_hat: torch.Tensor,
                        eta: torch.Tensor | float, lam: torch.Tensor | float) -> torch.Tensor:
-    """One recirculation update, in place, on P = Q_lᵀ (W_l's shape); rows of v, u, v̂ are samples.
-
-    Q ← Q + η[(v − v̂)uᵀ/n − λQ], i.e. P ← (1 − ηλ) P + (η/n) uᵀ(v − v̂). Uses only v, u, v̂, Q."""
+    """One recirculation update of P = Q_lᵀ (W_l's shape), returned as a new tensor; rows of v, u, v̂
+    are samples. Q ← Q + η[(v − v̂)uᵀ/n − λQ], i.e. P ← (1 − ηλ) P + (η/n) uᵀ(v − v̂): it uses only
+    v, u, v̂ and Q. (Out of place: the cost meter counts out-of-place elementwise ops.)"""
     n = v.shape[0]
     grad = u.t() @ (v - v_hat)
-    return P.mul_(1 - eta * lam).add_(grad.mul_(eta / n))
+    return P * (1 - eta * lam) + grad * (eta / n)
 
 
 def damped_pinv_t(W: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
@@ -188,54 +188,56 @@ class ReciprocalFeedback(Algorithm):
         v = torch.randn(hp_.noise_batch, w.shape[1], generator=self.gen, device=w.device, dtype=w.dtype)
         u = v @ w.t()
         v_hat = u @ self.P[i]
-        recirculation_step(self.P[i], v, u, v_hat, eta, lam)
+        self.P[i] = recirculation_step(self.P[i], v, u, v_hat, eta, lam)
 
     @torch.no_grad()
     def _newton_schulz(self, i: int) -> None:
         w = self.net.layers[i + 1].weight.detach()
         if self.hp.damping_mode == "relative":
             self._power_step(i)
-        m = w @ w.t()
-        m.diagonal().add_(self._lam(i))
+        m = w @ w.t() + self._lam(i) * torch.eye(w.shape[0], device=w.device, dtype=w.dtype)
         y = self.Y[i]
         self.Y[i] = 2 * y - y @ (m @ y)
         self.P[i] = self.Y[i].t() @ w
 
-    @torch.no_grad()
     def feedback_phase(self, iters: int) -> None:
         """Run one feedback phase (forward weights untouched): ``iters`` iterations, or one SVD for exact."""
         with self.phase("feedback"):
-            n_layers = len(self.P)
-            if self.hp.feedback == "exact":
-                self.P = [self._exact(i) for i in range(n_layers)]
-                if self.Pbar is not None:
-                    for pb, p in zip(self.Pbar, self.P):
-                        pb.lerp_(p, 1 - self.hp.polyak)
-                self.fb_iters += 1
-                return
-            for it in range(iters):
-                for i in range(n_layers):
-                    if self.hp.feedback == "newton_schulz":
-                        self._newton_schulz(i)
-                    else:
-                        self._recirculate(i, it)
-                    if self.Pbar is not None:
-                        self.Pbar[i].lerp_(self.P[i], 1 - self.hp.polyak)
-                self.fb_iters += 1
+            self._feedback_iterations(iters)
 
-    def _prime(self) -> None:
+    @torch.no_grad()
+    def _feedback_iterations(self, iters: int) -> None:
+        n_layers = len(self.P)
+        if self.hp.feedback == "exact":
+            self.P = [self._exact(i) for i in range(n_layers)]
+            if self.Pbar is not None:
+                self.Pbar = [torch.lerp(pb, p, 1 - self.hp.polyak) for pb, p in zip(self.Pbar, self.P)]
+            self.fb_iters += 1
+            return
+        for it in range(iters):
+            for i in range(n_layers):
+                if self.hp.feedback == "newton_schulz":
+                    self._newton_schulz(i)
+                else:
+                    self._recirculate(i, it)
+                if self.Pbar is not None:
+                    self.Pbar[i] = torch.lerp(self.Pbar[i], self.P[i], 1 - self.hp.polyak)
+            self.fb_iters += 1
+
+    def _prime(self, run) -> None:
         if self.hp.schedule == "sleep_wake":
-            self.feedback_phase(self.hp.feedback_iters)
+            run(self.hp.feedback_iters)
         self.primed = True
 
     def pretrain(self, data, batch_size):
-        """The sleep phase before the first update (schedule=sleep_wake), counted as feedback work."""
+        """The sleep phase before the first update (schedule=sleep_wake). The trainer counts all
+        pre-training FLOPs as feedback work itself, outside any update, so no phase is marked here."""
         if not self.primed:
-            self._prime()
+            self._prime(self._feedback_iterations)
 
     def step(self, x, y):
-        if not self.primed:
-            self._prime()
+        if not self.primed:  # used without the trainer's pretrain()
+            self._prime(self.feedback_phase)
         if self.hp.schedule == "concurrent":
             self.feedback_phase(self.hp.feedback_iters)
         elif self.updates > 0 and self.updates % self.hp.sleep_every == 0:
