@@ -109,7 +109,7 @@ class ReciprocalFeedback(Algorithm):
             "fixed: η_Q = eta_q")
         eta_q_decay: float = hp(0.0, "harmonic step decay within each feedback phase: η_i = η_Q / (1 + eta_q_decay·i)",
                                 ge=0, le=1e6)
-        polyak: float = hp(0.0, "Polyak (exponential) averaging of Q for credit: Q̄ ← polyak·Q̄ + (1−polyak)·Q "
+        polyak: float = hp(0.99, "Polyak (exponential) averaging of Q for credit: Q̄ ← polyak·Q̄ + (1−polyak)·Q "
                            "after every iteration; 0 = off", ge=0, lt=1, search=choice(0.0, 0.9, 0.99))
         damping: float = hp(0.1, "λ: absolute, or relative to σ̂_max(W_l)² (damping_mode)", ge=0, le=1e6,
                             search=loguniform(1e-3, 1.0))

@@ -111,7 +111,7 @@ def test_expanding_small_damping_gives_moore_penrose_not_another_left_inverse():
 def test_newton_schulz_exact_and_recirculation_agree(case):
     d_in, d_out = CASES[case]
     net = two_layer(d_in, d_out, sv=(1.0, 2.0))
-    common = {"damping": 0.1, "damping_mode": "relative"}
+    common = {"damping": 0.1, "damping_mode": "relative", "polyak": 0.0}
     ns = RFL(net, {**common, "feedback": "newton_schulz"})
     ex = RFL(net, {**common, "feedback": "exact"})
     rc = RFL(net, {**common, **CONVERGE}, generator=torch.Generator().manual_seed(0))
@@ -128,7 +128,7 @@ def test_newton_schulz_exact_and_recirculation_agree(case):
 def test_transpose_feedback_with_chain_is_bp_bit_for_bit():
     net = build_network("mlp-3x16-tanh", (5,), 4, generator=torch.Generator().manual_seed(0))
     x, y = batch(k=4)
-    algo = RFL(net, {"propagation": "chain", "beta": 0.37})
+    algo = RFL(net, {"propagation": "chain", "beta": 0.37, "polyak": 0.0})
     algo.P = [layer.weight.detach().clone() for layer in net.layers[1:]]  # Q_l = W_lᵀ (stored W-shaped)
     algo.compute_update(x, y)
     ref = bp_gradients(net, x, y)
@@ -243,19 +243,20 @@ def test_exact_feedback_runs_one_svd_per_phase():
     assert count_phases(algo, 4, x, y) == [1, 1]
 
 
-def recirculation_iteration_flops(d_in: int, d_out: int, n: int) -> int:
+def recirculation_iteration_flops(d_in: int, d_out: int, n: int, polyak: bool = False) -> int:
     """Analytic FLOPs of one recirculation iteration of one layer (normalized η, relative λ)."""
     mm = 2 * n * d_in * d_out
     power = 2 * d_in * d_out + d_out + d_out + 2 * d_in * d_out + d_in + d_in  # W p, ‖q‖², Wᵀq, norm, ÷
     scalars = 1 + 1 + 1 + 1 + 1 + 1  # λ = c·σ̂², σ̂²+λ, η = c/(…), ηλ, 1 − ηλ, η/n
     rule = 3 * mm + n * d_in + 3 * d_in * d_out  # u, v̂, uᵀ(v − v̂); v − v̂; scale G, scale P, add
-    return power + scalars + rule
+    return power + scalars + rule + (d_in * d_out if polyak else 0)  # Q̄ ← lerp(Q̄, Q)
 
 
-def test_counted_feedback_flops_match_analytic_count():
+@pytest.mark.parametrize("polyak", [0.0, 0.99])
+def test_counted_feedback_flops_match_analytic_count(polyak):
     net = build_network("mlp-2x12-tanh", (5,), 4, generator=torch.Generator().manual_seed(0))
     n = 16
-    algo = RFL(net, {"noise_batch": n})
+    algo = RFL(net, {"noise_batch": n, "polyak": polyak})
 
     class Meter:
         def __init__(self):
@@ -280,7 +281,8 @@ def test_counted_feedback_flops_match_analytic_count():
     with flop_counter() as counter:
         meter.counter = counter
         algo.feedback_phase(1)
-    expected = sum(recirculation_iteration_flops(l.in_features, l.out_features, n) for l in net.layers[1:])
+    expected = sum(recirculation_iteration_flops(l.in_features, l.out_features, n, polyak > 0)
+                   for l in net.layers[1:])
     assert meter.flops["feedback"] == expected
     # the outer-product rule's matmuls dominate: 3 · 2·n·d_in·d_out per layer
     assert meter.flops["feedback"] > sum(6 * n * l.in_features * l.out_features for l in net.layers[1:])
@@ -362,3 +364,18 @@ def test_rejects_bad_hyperparameters():
         RFL(net, {"feedback": "transpose"})
     with pytest.raises(ConfigError):
         RFL(net, {"polyak": 1.0})
+
+
+def test_trainer_flop_window_covers_one_sleep_wake_period():
+    """The trainer counts updates 1..flop_period(): exactly one sleep of K iterations in S updates;
+    the sleep before the first update is counted as pre-training (feedback) work."""
+    K, S, n = 3, 4, 16
+    cfg = {"algo": "rfl", "dataset": "digits", "seed": 0, "network": "mlp-1x16-tanh", "device": "cpu",
+           "params": {"schedule": "sleep_wake", "sleep_every": S, "feedback_iters": K, "noise_batch": n,
+                      "polyak": 0.0},
+           "train": {"epochs": 1}, "probe_size": 32}
+    trainer = Trainer(cfg)
+    trainer.run(None, log=open("/dev/null", "w"))
+    per_iter = sum(recirculation_iteration_flops(l.in_features, l.out_features, n) for l in trainer.net.layers[1:])
+    assert trainer.meter.flops_by_phase["feedback"] == pytest.approx(K * per_iter / S)
+    assert trainer.pretrain_flops == K * per_iter
