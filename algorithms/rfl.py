@@ -23,7 +23,8 @@ iteration with an approximate inverse: Hildebrandt & Graves 1927 (Trans. AMS 29:
    Baselines: ``newton_schulz`` iterates Y ← Y(2I − M Y) on M = W_l W_lᵀ + λI (the damped
    form of Q ← Q(2I − W Q): with Q = W_lᵀ Y it converges to the same Q_l*; started from
    Y = I / (σ̂² + λ), i.e. Q = W_lᵀ / (σ̂² + λ)); ``exact`` is the SVD oracle
-   Q_l* = V diag(s / (s² + λ)) Uᵀ (one SVD per feedback phase).
+   Q_l* = V diag(s / (s² + λ)) Uᵀ (one SVD per feedback phase; PyTorch's FLOP counter does not
+   count SVDs, so its feedback FLOPs are a lower bound).
 
 2. Schedule: ``sleep_wake`` — K = ``feedback_iters`` iterations before the first update and
    again before every S-th update (S = ``sleep_every``), forward weights frozen;
