@@ -32,6 +32,8 @@ _ELEMENTWISE = [
     aten._softmax, aten._log_softmax, aten._log_softmax_backward_data, aten._softmax_backward_data,
     aten.sigmoid, aten.square, aten.maximum, aten.minimum, aten.copy_, aten.fill_,
 ]
+_ELEMENTWISE += [getattr(aten, op.__name__.split(".")[-1] + "_") for op in list(_ELEMENTWISE)
+                 if hasattr(aten, op.__name__.split(".")[-1] + "_")]  # in-place variants (mul_, add_, lerp_, ...)
 _REDUCTIONS = [aten.sum, aten.mean, aten.nll_loss_forward, aten.nll_loss_backward, aten.linalg_vector_norm,
                aten.amax, aten.max, aten.norm]
 

@@ -86,3 +86,14 @@ def test_timing_excludes_warmup_and_counted_updates():
     s = meter.summary()
     assert s["timed_updates"] == 3 and s["seconds_per_update"] > 0
     assert s["flops_per_update"]["total"] == 2 * 50 ** 3
+
+
+def test_in_place_elementwise_work_is_counted():
+    meter = CostMeter()
+    a = torch.randn(10, 20)
+    with meter.update(count_flops=True), meter.phase("feedback"):
+        a.mul_(2)
+        a.add_(1)
+        a.lerp_(torch.zeros(10, 20), 0.5)
+    meter.close_flop_window()
+    assert meter.flops_by_phase["feedback"] == 3 * 200
