@@ -168,6 +168,7 @@ class CostMeter:
         if self.step_ns:
             ns = np.asarray(self.step_ns, dtype=np.float64)
             out["seconds_per_update"] = float(np.median(ns)) / 1e9
+            out["seconds_per_update_mean"] = float(ns.mean()) / 1e9  # amortises rare work (sleep phases)
             out["seconds_per_update_p10"] = float(np.percentile(ns, 10)) / 1e9
             out["seconds_per_update_p90"] = float(np.percentile(ns, 90)) / 1e9
             out["timed_updates"] = int(ns.size)

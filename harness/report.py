@@ -154,7 +154,8 @@ def render_markdown(results: Results, out: Path, summary, hparams, protocol, fai
         "a trial that diverged after a valid epoch contributes its best-validation epoch, as early stopping would keep it. "
         f"Target for updates/FLOPs: {target_text}, reached on the {metric_word} accuracy curve (`epochs.csv`); "
         "'updates to target' is the mean over the trials that reached it (reached/total in brackets). "
-        f"Costs are per update, as ratios to {reference}. Δ vs {reference}: difference of mean test accuracies in "
+        f"Costs are per update (FLOPs averaged over a schedule period, wall time the mean over timed updates, "
+        f"so rare sleep phases are amortised), as ratios to {reference}. Δ vs {reference}: difference of mean test accuracies in "
         f"percentage points, Welch {int(CONFIDENCE * 100)}% CI, significant when p < {1 - CONFIDENCE:.2f}. "
         "Wall time depends on the machine and its load; FLOPs do not.", ""]
 

@@ -5,7 +5,7 @@ A results directory holds:
 * ``trials.csv`` — one row per trial: ``trial_id, phase, config_id, algo, algo_version, dataset,
   network, seed, status, stop_reason, epochs, best_epoch, best_val_acc, test_acc,
   final_test_acc, updates, flops_per_update, flops_per_update_<phase>, seconds_per_update,
-  seconds_per_update_p10/_p90, peak_memory_bytes, wall_time_s, pretrain_flops``, then every
+  seconds_per_update_p10/_p90/_mean, peak_memory_bytes, wall_time_s, pretrain_flops``, then every
   hyperparameter (training and algorithm) as ``hp.<name>``, then the algorithm's final
   diagnostics under their own names (e.g. ``pinv_residual``, ``contraction``) and the final
   per-layer ``angle_l<i>``.
@@ -25,7 +25,8 @@ from harness.cost import PHASES
 TRIAL_KEYS = ("trial_id", "phase", "config_id", "algo", "algo_version", "dataset", "network", "seed")
 SUMMARY_METRICS = (
     "status", "stop_reason", "epochs", "best_epoch", "best_val_acc", "test_acc", "final_test_acc", "updates",
-    "seconds_per_update", "seconds_per_update_p10", "seconds_per_update_p90", "peak_memory_bytes",
+    "seconds_per_update", "seconds_per_update_p10", "seconds_per_update_p90", "seconds_per_update_mean",
+    "peak_memory_bytes",
     "wall_time_s", "pretrain_flops",
 )
 EPOCH_KEYS = ("trial_id", "phase", "config_id", "algo", "seed")
