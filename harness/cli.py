@@ -16,7 +16,15 @@ def utc_stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
+def _print_params(params, indent: str) -> None:
+    for row in params.describe():
+        bounds = f", {row['bounds']}" if row["bounds"] else ""
+        search = f"  search={row['search']}" if row["search"] else ""
+        print(f"{indent}{row['name']} = {row['default']!r} ({row['type']}{bounds}): {row['doc']}{search}")
+
+
 def cmd_list(args) -> int:
+    from harness.hparams import TrainConfig
     from harness.registry import ALGORITHMS, DATASETS, NETWORKS, load_plugins
 
     load_plugins()
@@ -28,9 +36,9 @@ def cmd_list(args) -> int:
         print(f"      reference: {cls.reference}")
         print(f"      capabilities: layers={','.join(caps['layers'])} activations={caps['activations'] if isinstance(caps['activations'], str) else ','.join(caps['activations'])}"
               f" transports_weights={caps['transports_weights']} needs_invertible={caps['needs_invertible']}")
-        for row in cls.Params.describe():
-            search = f"  search={row['search']}" if row["search"] else ""
-            print(f"      {row['name']} = {row['default']!r} ({row['type']}{', ' + str(row['bounds']) if row['bounds'] else ''}): {row['doc']}{search}")
+        _print_params(cls.Params, "      ")
+    print("training hyperparameters (shared by every algorithm):")
+    _print_params(TrainConfig, "  ")
     print("datasets:")
     for name in DATASETS:
         spec = DATASETS.get(name)

@@ -8,7 +8,7 @@ rejected with a one-line :class:`~harness.errors.ConfigError`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -95,7 +95,10 @@ class HParams(BaseModel):
                     if getattr(meta, key, None) is not None:
                         bounds[key] = getattr(meta, key)
             ann = field.annotation
-            type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+            if get_origin(ann) is Literal:
+                type_name = "one of " + "|".join(map(str, get_args(ann)))
+            else:
+                type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
             rows.append(
                 {
                     "name": name,

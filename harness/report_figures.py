@@ -162,6 +162,16 @@ def cost_by_phase(summary: pd.DataFrame, colours, dataset, network, out: Path):
     return _save(fig, out), None
 
 
+def _epoch_bands(ax, e, col, colours, reference, clip=None) -> None:
+    """One line per algorithm: the mean of ``col`` over seeds per epoch, with its CI band."""
+    for algo in algo_order(e["algo"], reference):
+        b = mean_band(e[e["algo"] == algo], "epoch", col, clip)
+        if b.empty:
+            continue
+        ax.plot(b["epoch"], b["mean"], marker="o", ms=3, color=colours[algo], label=algo)
+        ax.fill_between(b["epoch"], b["low"], b["high"], color=colours[algo], alpha=0.2, lw=0)
+
+
 def alignment(epochs, colours, reference, dataset, network, out: Path):
     e = _final(epochs)
     layers = sorted((c for c in e.columns if c.startswith("angle_l") and e[c].notna().any()),
@@ -173,12 +183,7 @@ def alignment(epochs, colours, reference, dataset, network, out: Path):
     nrow = math.ceil(len(layers) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False, sharey=True)
     for ax, col in zip(axes.flat, layers):
-        for algo in algo_order(e["algo"], reference):
-            b = mean_band(e[e["algo"] == algo], "epoch", col, (0, 180))
-            if b.empty:
-                continue
-            ax.plot(b["epoch"], b["mean"], marker="o", ms=3, color=colours[algo], label=algo)
-            ax.fill_between(b["epoch"], b["low"], b["high"], color=colours[algo], alpha=0.2, lw=0)
+        _epoch_bands(ax, e, col, colours, reference, (0, 180))
         ax.set_ylim(-3, 183)
         ax.set_yticks(range(0, 181, 30))
         ax.set_title(f"layer {col[len('angle_l'):]}")
@@ -210,12 +215,7 @@ def diagnostics(epochs, colours, reference, dataset, network, out: Path):
     nrow = math.ceil(len(cols) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.6 * nrow), squeeze=False)
     for ax, col in zip(axes.flat, cols):
-        for algo in algo_order(e["algo"], reference):
-            b = mean_band(e[e["algo"] == algo], "epoch", col)
-            if b.empty:
-                continue
-            ax.plot(b["epoch"], b["mean"], marker="o", ms=3, color=colours[algo], label=algo)
-            ax.fill_between(b["epoch"], b["low"], b["high"], color=colours[algo], alpha=0.2, lw=0)
+        _epoch_bands(ax, e, col, colours, reference)
         values = e[col].replace([np.inf, -np.inf], np.nan).dropna()
         if (values > 0).all() and values.max() / values.min() > 100:
             ax.set_yscale("log")
