@@ -53,6 +53,7 @@ with σ_max(J_l)², then carried to a_l by the same ``propagation``).
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -311,7 +312,9 @@ class ReciprocalFeedback(Algorithm):
                 h = layer.act(layer.pre(h))
             return h
 
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch's forward-AD decompositions still call the deprecated torch.jit.script on first use
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
             _, jdh = torch.func.jvp(upper, (fw.h[1],), (-beta * s1,))
             da = -beta * e
             return ((da - jdh).norm() / da.norm()).item()
