@@ -84,6 +84,11 @@ def _title(ax_or_fig, dataset, network, what):
         ax_or_fig.set_title(text)
 
 
+def _tight(fig) -> None:
+    """tight_layout that keeps room for the figure title above the top row of panels."""
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+
+
 def _final(epochs: pd.DataFrame) -> pd.DataFrame:
     return epochs[epochs["phase"] == "final"] if not epochs.empty else epochs
 
@@ -193,7 +198,7 @@ def alignment(epochs, colours, reference, dataset, network, out: Path):
     for ax in list(axes.flat)[len(layers):]:
         ax.set_visible(False)
     _title(fig, dataset, network, "Alignment of the update with the bp gradient (probe batch)")
-    fig.tight_layout()
+    _tight(fig)
     _figure_legend(fig, axes.flat[0])
     return _save(fig, out), None
 
@@ -221,12 +226,12 @@ def diagnostics(epochs, colours, reference, dataset, network, out: Path):
             ax.set_yscale("log")
         ax.set_title(DIAGNOSTIC_LABELS.get(col, col), fontsize=9)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{col} (dimensionless)")
+        ax.set_ylabel(f"{col} ({'degrees' if col.startswith('angle') else 'dimensionless'})")
         ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in list(axes.flat)[len(cols):]:
         ax.set_visible(False)
     _title(fig, dataset, network, "Algorithm diagnostics on the probe batch")
-    fig.tight_layout()
+    _tight(fig)
     _figure_legend(fig, axes.flat[0])
     return _save(fig, out), None
 
@@ -266,7 +271,7 @@ def sensitivity(trials, spaces: dict, colours, reference, dataset, network, out:
                           label="selected for final phase"),
                plt.Line2D([], [], marker="x", ls="", color="black", label="diverged / failed")]
     _title(fig, dataset, network, "Search-phase sensitivity (one point per trial)")
-    fig.tight_layout()
+    _tight(fig)
     fig.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.92))
     return _save(fig, out), None
 
