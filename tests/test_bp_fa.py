@@ -60,3 +60,11 @@ def test_angle_degrees():
     assert angle_degrees(u, u) == 0.0
     assert angle_degrees(u, torch.tensor([0.0, 2.0])) == pytest.approx(90.0)
     assert angle_degrees(u, -u) == pytest.approx(180.0)
+
+
+def test_fa_feedback_scale_scales_the_feedback_matrices():
+    net = build_network("mlp-2x32-tanh", (1, 8, 8), 10)
+    one = get_algorithm("fa")(net, generator=torch.Generator().manual_seed(1))
+    three = get_algorithm("fa")(net, {"feedback_scale": 3.0}, generator=torch.Generator().manual_seed(1))
+    for a, b in zip(one.B, three.B, strict=True):
+        torch.testing.assert_close(b, 3 * a)

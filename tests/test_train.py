@@ -2,6 +2,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from harness.algorithm import Algorithm, Capabilities
 from harness.errors import CreditbenchError, UnsupportedError
@@ -86,3 +87,35 @@ def test_unsupported_network_is_refused_with_supported_list():
 def test_fa_trains_the_cnn_preset(digits):
     s = Trainer(tiny_trial("fa", network="cnn-small-tanh", train={"epochs": 5, "lr": 0.01}), data=digits).run(None, log=QUIET)
     assert s["status"] == "ok" and s["test_acc"] > 0.85
+
+
+@pytest.mark.parametrize("optimizer,expected", [("sgd", (torch.optim.SGD, 0.0)), ("momentum", (torch.optim.SGD, 0.9)),
+                                                ("adam", (torch.optim.Adam, None))])
+def test_shared_optimizer_is_built_from_the_training_config(digits, optimizer, expected):
+    t = Trainer(tiny_trial("fa", train={"optimizer": optimizer, "lr": 0.05}), data=digits)
+    cls, momentum = expected
+    assert type(t.optimizer) is cls and t.optimizer.param_groups[0]["lr"] == 0.05
+    if momentum is not None:
+        assert t.optimizer.param_groups[0]["momentum"] == momentum
+
+
+def test_sgd_applies_the_algorithms_update_exactly(digits):
+    t = Trainer(tiny_trial("fa", train={"optimizer": "sgd", "lr": 0.1}), data=digits)
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    before = [p.detach().clone() for p in t.net.parameters()]
+    t.algo.step(x, y)
+    t.optimizer.step()
+    for p, b in zip(t.net.parameters(), before, strict=True):
+        torch.testing.assert_close(p.detach(), b - 0.1 * p.grad)
+
+
+@pytest.mark.parametrize("scheme,bound", [("glorot", lambda i, o: (6 / (i + o)) ** 0.5),
+                                          ("kaiming", lambda i, o: (6 / i) ** 0.5), ("torch", lambda i, o: i ** -0.5)])
+def test_init_schemes_use_their_bounds(scheme, bound):
+    from harness.networks import init_weights
+
+    net = build_network("mlp-1x400-tanh", (1, 8, 8), 10)
+    init_weights(net, scheme, torch.Generator().manual_seed(0))
+    w = net.layers[0].weight
+    b = bound(64, 400)
+    assert w.abs().max() <= b and w.abs().max() > 0.99 * b and torch.all(net.layers[0].bias == 0)
