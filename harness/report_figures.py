@@ -167,6 +167,16 @@ def cost_by_phase(summary: pd.DataFrame, colours, dataset, network, out: Path):
     return _save(fig, out), None
 
 
+def _finish_panels(fig, axes, used: int, dataset, network, what: str, out: Path):
+    """Hide the unused panels, title the figure, lay it out, add the legend and save it."""
+    for ax in list(axes.flat)[used:]:
+        ax.set_visible(False)
+    _title(fig, dataset, network, what)
+    _tight(fig)
+    _figure_legend(fig, axes.flat[0])
+    return _save(fig, out), None
+
+
 def _epoch_bands(ax, e, col, colours, reference, clip=None) -> None:
     """One line per algorithm: the mean of ``col`` over seeds per epoch, with its CI band."""
     for algo in algo_order(e["algo"], reference):
@@ -195,12 +205,8 @@ def alignment(epochs, colours, reference, dataset, network, out: Path):
         ax.set_xlabel("epoch")
         ax.set_ylabel("angle to bp gradient (degrees)")
         ax.xaxis.get_major_locator().set_params(integer=True)
-    for ax in list(axes.flat)[len(layers):]:
-        ax.set_visible(False)
-    _title(fig, dataset, network, "Alignment of the update with the bp gradient (probe batch)")
-    _tight(fig)
-    _figure_legend(fig, axes.flat[0])
-    return _save(fig, out), None
+    return _finish_panels(fig, axes, len(layers), dataset, network,
+                          "Alignment of the update with the bp gradient (probe batch)", out)
 
 
 def diagnostic_columns(epochs: pd.DataFrame) -> list[str]:
@@ -228,12 +234,7 @@ def diagnostics(epochs, colours, reference, dataset, network, out: Path):
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{col} ({'degrees' if col.startswith('angle') else 'dimensionless'})")
         ax.xaxis.get_major_locator().set_params(integer=True)
-    for ax in list(axes.flat)[len(cols):]:
-        ax.set_visible(False)
-    _title(fig, dataset, network, "Algorithm diagnostics on the probe batch")
-    _tight(fig)
-    _figure_legend(fig, axes.flat[0])
-    return _save(fig, out), None
+    return _finish_panels(fig, axes, len(cols), dataset, network, "Algorithm diagnostics on the probe batch", out)
 
 
 def sensitivity(trials, spaces: dict, colours, reference, dataset, network, out: Path):
