@@ -342,31 +342,15 @@ def _trial_dirname(trial) -> str:
     return trial.config["trial"]["trial_id"]
 
 
-def _make_stopper(max_epochs: int, patience: int, min_delta: float):
+def _make_stopper():
     from ray.tune.stopper import Stopper
 
     class ConvergenceStopper(Stopper):
-        """Stop a trial when validation accuracy has not improved by ``min_delta`` for ``patience``
-        epochs, when its loss is not finite, or at ``max_epochs`` (the Trainer applies the same
-        rule to itself and records why it stopped)."""
-
-        def __init__(self):
-            self.best: dict[str, float] = {}
-            self.bad: dict[str, int] = {}
+        """Stop a trial as soon as its Trainer has (patience/min_delta on validation accuracy, max
+        epochs, divergence): the Trainer owns the rule and reports it as ``trial_status``."""
 
         def __call__(self, trial_id: str, result: dict) -> bool:
-            if "val_acc" not in result:
-                return False
-            if not (math.isfinite(result.get("train_loss", 0.0)) and math.isfinite(result.get("val_loss", 0.0))):
-                return True
-            acc = result["val_acc"]
-            if trial_id not in self.best or acc > self.best[trial_id] + min_delta:
-                self.best[trial_id], self.bad[trial_id] = acc, 0
-            else:
-                self.bad[trial_id] += 1
-                if self.bad[trial_id] >= patience:
-                    return True
-            return result.get("epoch", 0) >= max_epochs
+            return result.get("trial_status", "running") != "running"
 
         def stop_all(self) -> bool:
             return False
@@ -465,8 +449,7 @@ def run_phase(phase: str, trials: list[dict], spec: SweepSpec, out_dir: Path, *,
 
             scheduler = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max",
                                       max_t=spec.budgets.search_epochs, grace_period=st.asha_grace_epochs)
-        stopper = _make_stopper(spec.budgets.search_epochs if search else spec.budgets.final_epochs,
-                                (st.search_patience or st.patience) if search else st.patience, st.min_delta)
+        stopper = _make_stopper()
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(trials)},

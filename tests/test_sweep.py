@@ -260,13 +260,17 @@ def test_best_configuration_ignores_diverged_trials_and_breaks_ties_by_order():
     assert select_best(rows, ["a", "b"]) == {"a": "a-c02", "b": "b-c00"}
 
 
-def test_convergence_stopper_applies_patience_and_max_epochs():
-    from harness.sweep import _make_stopper
+def test_convergence_stopper_stops_when_the_trainer_does(digits):
+    from harness.sweep import _make_stopper, epoch_metrics
+    from harness.train import Trainer
+    from tests.conftest import tiny_trial
 
-    stop = _make_stopper(max_epochs=10, patience=2, min_delta=0.01)
-    accs = [0.5, 0.6, 0.605, 0.61, 0.9]  # 0.605 and 0.61 do not beat 0.6 by 0.01
-    decisions = [stop("t", {"epoch": i + 1, "val_acc": a, "train_loss": 1.0, "val_loss": 1.0})
-                 for i, a in enumerate(accs[:4])]
-    assert decisions == [False, False, False, True]
-    assert stop("u", {"epoch": 1, "val_acc": 0.1, "train_loss": float("nan"), "val_loss": 1.0})
-    assert stop("v", {"epoch": 10, "val_acc": 0.1, "train_loss": 1.0, "val_loss": 1.0})
+    stop = _make_stopper()
+    for train in ({"epochs": 200, "patience": 2, "min_delta": 0.01, "lr": 0.05}, {"epochs": 3},
+                  {"lr": 1e4, "epochs": 5}):
+        decisions = []
+        t = Trainer(tiny_trial("bp", train=train), data=digits)
+        t.run(None, on_epoch=lambda row, tr: decisions.append(stop("t", epoch_metrics(row, tr))),
+              log=open("/dev/null", "w"))
+        assert decisions == [False] * (t.epoch - 1) + [True], (train, t.stop_reason)
+    assert not stop("u", {"epoch": 1, "val_acc": 0.1})  # a result without the trainer's status
