@@ -5,7 +5,7 @@
 The reference every other rule is compared against: the gradient through autograd.
 """
 
-from harness.algorithm import Algorithm, Capabilities, StepOutput
+from harness.algorithm import Algorithm, Capabilities, Plausibility, StepOutput
 from harness.registry import register_algorithm
 
 import torch.nn.functional as F
@@ -16,7 +16,11 @@ class Backprop(Algorithm):
     name = "bp"
     description = "backpropagation: exact gradient through autograd (the reference)"
     reference = "Rumelhart, Hinton & Williams 1986, Nature 323:533"
-    capabilities = Capabilities(layers=frozenset({"linear", "conv"}), transports_weights=True)
+    capabilities = Capabilities(layers=frozenset({"linear", "conv"}))
+
+    def plausibility(self):
+        return Plausibility(weight_transport=True, local=False, phases="single", feedback_learning=False,
+                            notes="the backward pass reads every W_lᵀ (autograd)")
 
     def compute_update(self, x, y):
         with self.phase("forward"):

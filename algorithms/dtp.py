@@ -43,8 +43,6 @@ class DifferenceTargetProp(TargetProp):
     description = "difference target propagation: tp with the difference correction g(h*) − g(h)"
     reference = "Lee et al. 2015, ECML-PKDD (LNCS 9284:498); Bartunov et al. 2018, NeurIPS"
 
-    # the default penultimate=gradient uses W_Lᵀ for the top layer (Lee et al.); penultimate=inverse does not
-    capabilities = replace(TargetProp.capabilities, transports_weights=True)
     difference = True
 
     class Params(TargetProp.Params):
@@ -54,6 +52,12 @@ class DifferenceTargetProp(TargetProp):
             "gradient", "last hidden layer's target: gradient step −β W_Lᵀ ∂ℓ/∂h_L (Lee et al.) or through the "
                         "top inverse with the difference correction (simplified DTP)",
             search=choice("gradient", "inverse"))
+
+    def plausibility(self):
+        base = super().plausibility()
+        if self.hp.penultimate == "gradient":  # Lee et al.: the top layer's W_Lᵀ carries the penultimate target
+            return replace(base, weight_transport=True, notes=base.notes + "; penultimate target through W_Lᵀ")
+        return base
 
     def inverse_layers(self):
         top = len(self.net.layers) - 1

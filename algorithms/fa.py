@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from harness.algorithm import Algorithm, Capabilities, StepOutput, output_error, set_grad
+from harness.algorithm import Algorithm, Capabilities, Plausibility, StepOutput, output_error, set_grad
 from harness.hparams import HParams, hp, loguniform
 from harness.registry import register_algorithm
 
@@ -28,6 +28,10 @@ class FeedbackAlignment(Algorithm):
     class Params(HParams):
         feedback_scale: float = hp(1.0, "scale of B relative to Glorot-uniform of W's shape", gt=0, le=100,
                                    search=loguniform(0.1, 10))
+
+    def plausibility(self):
+        return Plausibility(weight_transport=False, local=True, phases="single", feedback_learning=False,
+                            notes="fixed random feedback B_l, drawn independently of W")
 
     def setup(self):
         self.B = []

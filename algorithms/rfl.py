@@ -58,7 +58,7 @@ from typing import Literal
 
 import torch
 
-from harness.algorithm import Algorithm, Capabilities, StepOutput, output_error, set_grad
+from harness.algorithm import Algorithm, Capabilities, Plausibility, StepOutput, output_error, set_grad
 from harness.hparams import HParams, choice, hp, loguniform, randint, uniform
 from harness.metrics import angle_degrees, bp_gradients
 from harness.registry import register_algorithm
@@ -123,6 +123,15 @@ class ReciprocalFeedback(Algorithm):
                          search=loguniform(0.01, 1.0))
         propagation: Literal["chain", "inverse", "linearized"] = hp(
             "chain", "how Δh_{l-1} crosses the nonlinearity: ⊙f' (chain), f⁻¹ of the target (inverse) or ÷f'")
+
+    def plausibility(self):
+        hp_ = self.hp
+        phases = "sleep_wake" if hp_.schedule == "sleep_wake" else "two"
+        if hp_.feedback != "recirculation":
+            return Plausibility(weight_transport=True, local=False, phases=phases, feedback_learning=False,
+                                notes=f"{hp_.feedback} oracle: Q computed from W itself")
+        return Plausibility(weight_transport=True, local=True, phases=phases, feedback_learning=True,
+                            notes="recirculation; power iteration on W and init from Wᵀ read W")
 
     # ------------------------------------------------------------------ state
     def setup(self):

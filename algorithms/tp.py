@@ -50,7 +50,7 @@ from typing import Literal
 
 import torch
 
-from harness.algorithm import Algorithm, Capabilities, StepOutput, output_error, set_grad
+from harness.algorithm import Algorithm, Capabilities, Plausibility, StepOutput, output_error, set_grad
 from harness.hparams import HParams, choice, hp, loguniform, randint
 from harness.networks import Forward
 from harness.registry import register_algorithm
@@ -93,6 +93,14 @@ class TargetProp(Algorithm):
         schedule: Literal["alternating", "parallel"] = hp(
             "alternating", "alternating: inverses updated first, then targets from them; parallel: both from the "
                            "same state (Bartunov et al. 2018)", search=choice("alternating", "parallel"))
+
+    # ---------------------------------------------------------------- plausibility
+    def plausibility(self):
+        if self.hp.inverse == "exact":
+            return Plausibility(weight_transport=True, local=True, phases="single", feedback_learning=False,
+                                notes="exact inverses: targets through f⁻¹ and the pseudoinverse of W_l (oracle)")
+        return Plausibility(weight_transport=False, local=True, phases="two", feedback_learning=True,
+                            notes="learned inverses trained on noisy reconstruction in their own pass every update")
 
     # ---------------------------------------------------------------- state
     def inverse_layers(self) -> list[int]:

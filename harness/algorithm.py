@@ -9,7 +9,9 @@ as a nested ``Params(HParams)`` class and its ``capabilities``, and implements
   (the harness calls it on probe batches for the alignment metric);
 * optionally ``learn_feedback(x, y, out)`` for its own feedback state, and ``step`` if its
   schedule is not "credit, then feedback";
-* ``extra_state``/``load_extra_state`` for checkpoints, ``diagnostics`` for per-epoch metrics.
+* ``extra_state``/``load_extra_state`` for checkpoints, ``diagnostics`` for per-epoch metrics;
+* ``plausibility()``: what the configuration actually run does (weight transport, locality,
+  phases, feedback learning), recorded in every trial summary.
 
 Work is marked with ``self.phase("forward" | "credit" | "feedback")`` for the cost meter.
 Only ``bp`` may call ``loss.backward()`` on the network.
@@ -17,8 +19,8 @@ Only ``bp`` may call ``loss.backward()`` on the network.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 
@@ -34,8 +36,7 @@ class Capabilities:
 
     layers: frozenset = frozenset({"linear"})
     activations: frozenset | None = None  # None: any activation
-    transports_weights: bool = False  # uses W_lᵀ in the backward pass
-    needs_invertible: bool = False  # needs f⁻¹ (target propagation)
+    needs_invertible: bool = False  # needs f⁻¹ of every hidden activation (target propagation)
 
     def check(self, algo: str, net: Network) -> None:
         bad_layers = net.layer_kinds - self.layers
@@ -51,14 +52,48 @@ class Capabilities:
                     f"algorithm '{algo}' does not support activation {'/'.join(sorted(bad))} (network '{net.spec}'); "
                     f"supported: {', '.join(sorted(self.activations))}"
                 )
+        if self.needs_invertible:
+            bad = sorted(layer.act.name for layer in net.layers[:-1] if not layer.act.invertible)
+            if bad:
+                raise UnsupportedError(f"algorithm '{algo}' needs invertible hidden activations; "
+                                       f"'{bad[0]}' (network '{net.spec}') is not")
 
     def to_dict(self) -> dict:
         return {
             "layers": sorted(self.layers),
             "activations": "any" if self.activations is None else sorted(self.activations),
-            "transports_weights": self.transports_weights,
             "needs_invertible": self.needs_invertible,
         }
+
+
+PHASE_KINDS = ("single", "two", "sleep_wake")
+
+
+@dataclass(frozen=True)
+class Plausibility:
+    """What one configuration of an algorithm does, as recorded in every trial summary.
+
+    ``weight_transport``: any credit or feedback computation reads W (its values, its sign, or a
+    copy of it used to initialise feedback). ``local``: every weight update uses only its pre- and
+    post-synaptic quantities and a broadcast signal. ``phases``: ``single`` (forward pass and credit
+    signal, nothing else), ``two`` (a separate feedback-learning pass on every update) or
+    ``sleep_wake`` (feedback learned in offline phases with the forward weights frozen).
+    ``feedback_learning``: the feedback pathway is learned. ``notes``: one line saying why."""
+
+    weight_transport: bool
+    local: bool
+    phases: Literal["single", "two", "sleep_wake"]
+    feedback_learning: bool
+    notes: str
+
+    def __post_init__(self):
+        if self.phases not in PHASE_KINDS:
+            raise CreditbenchError(f"plausibility phases '{self.phases}': valid: {', '.join(PHASE_KINDS)}")
+        if not self.notes or "\n" in self.notes:
+            raise CreditbenchError("plausibility notes must be one non-empty line")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -119,6 +154,10 @@ class Algorithm:
         """Per-epoch diagnostics on the probe batch (off the training path)."""
         return {}
 
+    def plausibility(self) -> Plausibility:
+        """What this configuration does (weight transport, locality, phases, feedback learning)."""
+        raise NotImplementedError(f"algorithm '{self.name}' must declare plausibility()")
+
     # ---------------------------------------------------------------- helpers
     @property
     def device(self) -> torch.device:
@@ -162,6 +201,8 @@ def validate_algorithm_class(cls) -> None:
     for attr in ("name", "description", "reference"):
         if not isinstance(getattr(cls, attr, None), str) or not getattr(cls, attr):
             raise CreditbenchError(f"algorithm class {cls.__name__} must declare a non-empty '{attr}'")
+    if cls.plausibility is Algorithm.plausibility:
+        raise CreditbenchError(f"algorithm '{cls.name}' must declare plausibility() (see harness.algorithm.Plausibility)")
     if not (isinstance(cls.Params, type) and issubclass(cls.Params, HParams)):
         raise CreditbenchError(f"algorithm '{cls.name}': Params must subclass harness.hparams.HParams")
     clash = set(cls.Params.model_fields) & set(TrainConfig.model_fields)

@@ -35,7 +35,7 @@ def cmd_list(args) -> int:
         print(f"  {name} (v{cls.version}): {cls.description}")
         print(f"      reference: {cls.reference}")
         print(f"      capabilities: layers={','.join(caps['layers'])} activations={caps['activations'] if isinstance(caps['activations'], str) else ','.join(caps['activations'])}"
-              f" transports_weights={caps['transports_weights']} needs_invertible={caps['needs_invertible']}")
+              f" needs_invertible={caps['needs_invertible']}")
         _print_params(cls.Params, "      ")
     print("training hyperparameters (shared by every algorithm):")
     _print_params(TrainConfig, "  ")

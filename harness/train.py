@@ -260,6 +260,7 @@ class Trainer:
         out["angles"] = {k: v for k, v in last.items() if k.startswith("angle_l")}
         out["config"] = self.resolved
         out["algorithm"] = self.algo_cls.spec()
+        out["plausibility"] = self.algo.plausibility().to_dict()
         out["dataset_fingerprint"] = self.data.fingerprint
         out["dataset_info"] = self.data.info
         out["env"] = environment(self.device)

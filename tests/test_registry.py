@@ -5,6 +5,8 @@ from harness.errors import CreditbenchError, UnknownNameError
 from harness.hparams import HParams, hp
 from harness.registry import ALGORITHMS, DATASETS, Registry, algorithm_names, get_algorithm, register_algorithm
 
+FA_PLAUSIBILITY = get_algorithm("fa").plausibility
+
 
 def test_builtins_registered():
     names = algorithm_names()
@@ -38,6 +40,7 @@ def test_plugin_registration_and_validation():
         name = "dummy-test"
         description = "test plugin"
         reference = "none"
+        plausibility = FA_PLAUSIBILITY
 
         class Params(HParams):
             knob: float = hp(1.0, "a knob", gt=0)
@@ -53,11 +56,23 @@ def test_plugin_registration_and_validation():
         ALGORITHMS.unregister("dummy-test")
 
 
+def test_plugin_without_plausibility_is_refused():
+    class Silent(Algorithm):
+        name = "silent-test"
+        description = "declares no plausibility"
+        reference = "none"
+
+    with pytest.raises(CreditbenchError, match="silent-test.*must declare plausibility"):
+        register_algorithm(Silent)
+    assert "silent-test" not in ALGORITHMS
+
+
 def test_plugin_hyperparameter_clashing_with_training_is_refused():
     class Clash(Algorithm):
         name = "clash-test"
         description = "x"
         reference = "x"
+        plausibility = FA_PLAUSIBILITY
 
         class Params(HParams):
             lr: float = hp(1.0, "clashes with the shared lr")
@@ -89,6 +104,7 @@ def test_entry_point_plugin_class_is_registered(monkeypatch):
         name = "external-test"
         description = "from a third-party package"
         reference = "none"
+        plausibility = FA_PLAUSIBILITY
 
     class FakeEP:
         name, value, group = "external-test", "pkg:External", registry.ENTRY_POINT_GROUP

@@ -7,11 +7,12 @@ import torch
 from harness.algorithm import Algorithm, Capabilities
 from harness.errors import CreditbenchError, UnsupportedError
 from harness.networks import build_network
-from harness.registry import ALGORITHMS, register_algorithm
+from harness.registry import ALGORITHMS, get_algorithm, register_algorithm
 from harness.train import Trainer
 from tests.conftest import tiny_trial
 
 QUIET = open("/dev/null", "w")
+FA_PLAUSIBILITY = get_algorithm("fa").plausibility
 
 
 def test_run_directory_holds_every_file(digits, tmp_path):
@@ -71,6 +72,7 @@ def test_unsupported_network_is_refused_with_supported_list():
         name = "linear-only-test"
         description = "x"
         reference = "x"
+        plausibility = FA_PLAUSIBILITY
         capabilities = Capabilities(layers=frozenset({"linear"}), activations=frozenset({"tanh"}))
 
     register_algorithm(LinearOnly)
