@@ -39,7 +39,7 @@ from algorithms.tp import TargetProp
 @register_algorithm
 class DifferenceTargetProp(TargetProp):
     name = "dtp"
-    version = 1
+    version = 2  # v2: exact inverses' pseudoinverse FLOP-counted
     description = "difference target propagation: tp with the difference correction g(h*) − g(h)"
     reference = "Lee et al. 2015, ECML-PKDD (LNCS 9284:498); Bartunov et al. 2018, NeurIPS"
 

@@ -27,8 +27,9 @@ with their own Adam optimizer (own state and learning rate ``feedback_lr``, not 
 ``feedback_steps`` updates per forward update (fresh noise each) and optional ``pretrain_epochs`` of
 inverse-only training before forward training (as Meulemans et al. 2020 do). ``inverse=exact`` uses the
 analytic inverse of the forward layer instead, g_l(h_l) = W_l⁺ (f_l⁻¹(clip(h_l)) − b_l) (pseudoinverse
-of W_l; f_L⁻¹ is the identity), and learns nothing: an oracle for tests and diagnostics, in which the
-feedback hyperparameters are unused.
+of W_l; f_L⁻¹ is the identity), and learns nothing: an oracle for tests and diagnostics (weight transport,
+declared), in which the feedback hyperparameters do not act; its pseudoinverses are counted with the
+LAPACK SVD formula (``harness.cost.svd_flops``).
 
 Schedules (Bartunov et al. 2018's terms): ``alternating`` — on each batch the inverses are first
 updated (``feedback_steps`` times), then the targets are computed with the updated inverses and the
@@ -56,6 +57,9 @@ from harness.networks import Forward
 from harness.registry import register_algorithm
 
 
+LEARNED = {"inverse": ("learned",)}  # the inverse-training knobs act only with learned inverses
+
+
 @dataclass
 class Targets:
     """Per layer (0-based index i = l − 1): the target of the layer's output and its scaled displacement
@@ -68,7 +72,7 @@ class Targets:
 @register_algorithm
 class TargetProp(Algorithm):
     name = "tp"
-    version = 1
+    version = 2  # v2: exact inverses' pseudoinverse FLOP-counted
     description = "target propagation: layer targets through learned inverses, local losses per layer"
     reference = "Bengio 2014, arXiv:1407.7906; Lee et al. 2015, ECML-PKDD (LNCS 9284:498)"
     capabilities = Capabilities(layers=frozenset({"linear"}),
@@ -83,16 +87,16 @@ class TargetProp(Algorithm):
             "learned", "learned: g_l(h) = f_{l-1}(V_l h + c_l) trained on noisy reconstruction; "
                        "exact: analytic f⁻¹ and pseudoinverse of W (oracle, learns nothing)")
         feedback_lr: float = hp(1e-3, "Adam learning rate of the inverses (own optimizer state)", gt=0, le=10,
-                                search=loguniform(1e-4, 1e-2))
+                                search=loguniform(1e-4, 1e-2), when=LEARNED)
         sigma: float = hp(0.1, "std of the Gaussian noise corrupting h_{l-1} in inverse training", ge=0, le=10,
-                          search=loguniform(0.01, 1.0))
+                          search=loguniform(0.01, 1.0), when=LEARNED)
         feedback_steps: int = hp(1, "inverse updates per forward update (fresh noise each)", ge=1, le=1000,
-                                 search=randint(1, 5))
+                                 search=randint(1, 5), when=LEARNED)
         pretrain_epochs: int = hp(0, "epochs of inverse-only training before forward training", ge=0, le=1000,
-                                  search=randint(0, 5))
+                                  search=randint(0, 5), when=LEARNED)
         schedule: Literal["alternating", "parallel"] = hp(
             "alternating", "alternating: inverses updated first, then targets from them; parallel: both from the "
-                           "same state (Bartunov et al. 2018)", search=choice("alternating", "parallel"))
+                           "same state (Bartunov et al. 2018)", search=choice("alternating", "parallel"), when=LEARNED)
 
     # ---------------------------------------------------------------- plausibility
     def plausibility(self):

@@ -139,9 +139,14 @@ class Algorithm:
     def pretrain(self, data, batch_size: int) -> None:
         """Optional feedback pre-training before forward training (e.g. DTP inverses)."""
 
-    def flop_period(self) -> int:
-        """Updates after which the per-update work repeats (the cost meter counts that many)."""
-        return 1
+    def update_kind(self) -> str:
+        """Kind of the next update; updates of one kind do the same work (the cost meter counts
+        one of each kind), e.g. ``wake``/``sleep`` under a sleep–wake schedule."""
+        return "update"
+
+    def update_mix(self) -> dict[str, float]:
+        """Long-run share of each update kind (the cost meter amortises per-update cost with it)."""
+        return {"update": 1.0}
 
     def extra_state(self) -> dict:
         return {}

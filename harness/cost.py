@@ -4,7 +4,9 @@ FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` over a short
 real updates (the counter roughly doubles step time, and shapes fix the count). Matmuls and
 convolutions count 2·M·N·K as in PyTorch's own registry; elementwise work, which that
 registry counts as 0, is added here at one FLOP per output element (reductions: per input
-element), so outer-product / Hebbian updates written with broadcasting are not missed.
+element), so outer-product / Hebbian updates written with broadcasting are not missed; SVDs and
+pseudoinverses, which it does not count either, get the analytic LAPACK count (``svd_flops``), and
+matrix–vector and dot products (also missing from it) 2·m·n and 2·n.
 
 Algorithms mark their phases with ``with self.phase("credit"): ...``; work outside every
 phase is not attributed. Phases nest: the innermost one gets the work.
@@ -54,30 +56,74 @@ def _reduction(*args, out_shape=None, **kwargs) -> int:
     return max((_numel(a) for a in args if isinstance(a, (list, tuple, torch.Size))), default=0)
 
 
+def svd_flops(m: int, n: int, *, compute_uv: bool = True) -> int:
+    """Golub & Van Loan's (Matrix Computations, 3rd ed., Fig. 8.6.1) count for the Golub–Reinsch SVD of
+    an m×n matrix, p = max(m, n), k = min(m, n): singular values only 4pk² − 4k³/3; thin U and V
+    14pk² + 8k³. PyTorch's FLOP counter has no formula for decompositions."""
+    p, k = max(m, n), min(m, n)
+    return int(14 * p * k * k + 8 * k ** 3) if compute_uv else int(4 * p * k * k - 4 * k ** 3 / 3)
+
+
+def _svd(a_shape, *args, out_shape=None, **kwargs) -> int:
+    batch = math.prod(a_shape[:-2])
+    u_shape = out_shape[0] if out_shape else None
+    return batch * svd_flops(a_shape[-2], a_shape[-1], compute_uv=bool(u_shape) and _numel(u_shape) > 0)
+
+
+def _pinv(a_shape, *args, out_shape=None, **kwargs) -> int:
+    """pinv(A) = V diag(1/s) Uᵀ: a thin SVD, the scaling of k columns and an m×k by k×n product."""
+    m, n = a_shape[-2], a_shape[-1]
+    k = min(m, n)
+    return math.prod(a_shape[:-2]) * (svd_flops(m, n) + n * k + 2 * m * n * k)
+
+
 ELEMENTWISE_MAPPING = {**{op: _elementwise for op in _ELEMENTWISE}, **{op: _reduction for op in _REDUCTIONS}}
+def _mv(a_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    """Matrix × vector (PyTorch's registry has no formula for it): 2·m·n."""
+    return 2 * a_shape[0] * a_shape[1]
+
+
+def _dot(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * a_shape[0]
+
+
+DECOMPOSITION_MAPPING = {aten._linalg_svd: _svd, aten.linalg_pinv: _pinv, aten.mv: _mv, aten.dot: _dot}
 
 
 def flop_counter(elementwise: bool = True) -> FlopCounterMode:
-    return FlopCounterMode(display=False, custom_mapping=ELEMENTWISE_MAPPING if elementwise else None)
+    return FlopCounterMode(display=False, custom_mapping={**DECOMPOSITION_MAPPING,
+                                                          **(ELEMENTWISE_MAPPING if elementwise else {})})
 
 
 class CostMeter:
-    """Collects per-update cost. ``phase(name)`` is cheap when no count is running."""
+    """Collects per-update cost. ``phase(name)`` is cheap when no count is running.
 
-    def __init__(self, device: torch.device | str = "cpu", *, warmup: int = 5, elementwise: bool = True):
+    Updates come in *kinds* (``Algorithm.update_kind``): updates of one kind do the same work
+    (shapes fix the count), e.g. rfl's sleep–wake schedule has ``wake`` updates and ``sleep``
+    updates that start with a sleep phase. The first update of each kind is FLOP-counted; every
+    other update after the warm-up is timed. With the algorithm's long-run mix of kinds
+    (``Algorithm.update_mix``), the per-update cost is the amortised cost of a whole period:
+    Σ_kind share_kind · cost_kind, for FLOPs and for wall time alike. While a kind in the mix has
+    not yet been seen (e.g. a sleep every S updates and fewer than S updates so far), the
+    per-update figures are NaN: a number is reported only when it is what its name says.
+    Cumulative FLOPs are exact: Σ_kind (updates of that kind so far) · FLOPs of one."""
+
+    def __init__(self, device: torch.device | str = "cpu", *, warmup: int = 5, elementwise: bool = True,
+                 mix: dict[str, float] | None = None):
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.warmup = warmup
         self.elementwise = elementwise
+        self.mix = dict(mix or {"update": 1.0})
         self.updates_seen = 0
-        self.step_ns: list[int] = []  # measured wall time per update (after warm-up)
-        self.phase_ns: dict[str, list[int]] = {p: [] for p in PHASES}  # per timed update
-        self.flops_by_phase: dict[str, float] | None = None  # averaged per update over the window
+        self.kind_updates: dict[str, int] = {}  # updates run, by kind
+        self.kind_flops: dict[str, dict[str, int]] = {}  # FLOPs by phase of one update, by kind
+        self.step_ns: dict[str, list[int]] = {}  # wall time of each timed update, by kind
+        self.phase_ns: dict[str, dict[str, list[int]]] = {}  # by kind, by phase
         self._counter: FlopCounterMode | None = None
         self._stack: list[str] = []
         self._mark_flops = 0
         self._mark_ns = 0
-        self._window: list[dict[str, int]] = []
         self._current: dict[str, int] = {}  # FLOPs of the update in progress, by phase
         self._cur_ns: dict[str, int] = {}  # its wall time, by phase
         self._cuda_events: list = []
@@ -110,10 +156,12 @@ class CostMeter:
 
     # ------------------------------------------------------------------ updates
     @contextmanager
-    def update(self, count_flops: bool = False):
-        """Wrap one whole update (algorithm step + optimizer step)."""
-        self._current: dict[str, int] = {}
-        self._cur_ns: dict[str, int] = {}
+    def update(self, kind: str = "update", count_flops: bool | None = None):
+        """Wrap one whole update (algorithm step + optimizer step) of the given kind. By default the
+        first update of each kind is FLOP-counted (the counter slows it, so it is not timed)."""
+        self._current, self._cur_ns = {}, {}
+        if count_flops is None:
+            count_flops = kind not in self.kind_flops
         timed = self.updates_seen >= self.warmup and not count_flops
         if count_flops:
             self._counter = flop_counter(self.elementwise)
@@ -130,65 +178,84 @@ class CostMeter:
             t1 = time.perf_counter_ns()
             if count_flops:
                 self._counter.__exit__(None, None, None)
-                self._window.append(dict(self._current))
                 self._counter = None
+                self.kind_flops[kind] = {p: self._current.get(p, 0) for p in PHASES}
             if timed:
+                by_phase = self.phase_ns.setdefault(kind, {p: [] for p in PHASES})
+                for p in PHASES:
+                    by_phase[p].append(self._cur_ns.get(p, 0))
                 if self.cuda:
                     end.record()
-                    self._cuda_events.append((start, end))
+                    self._cuda_events.append((kind, start, end))
                 else:
-                    self.step_ns.append(t1 - t0)
-                    for p in PHASES:
-                        self.phase_ns[p].append(self._cur_ns.get(p, 0))
+                    self.step_ns.setdefault(kind, []).append(t1 - t0)
+            self.kind_updates[kind] = self.kind_updates.get(kind, 0) + 1
             self.updates_seen += 1
-
-    def close_flop_window(self) -> None:
-        """Average the counted updates into per-update FLOPs by phase."""
-        if self._window:
-            n = len(self._window)
-            self.flops_by_phase = {p: sum(w.get(p, 0) for w in self._window) / n for p in PHASES}
-            self._window = []
-
-    @property
-    def counting_done(self) -> bool:
-        return self.flops_by_phase is not None
 
     def _resolve_cuda(self) -> None:
         if self._cuda_events:
             torch.cuda.synchronize()
-            self.step_ns.extend(int(s.elapsed_time(e) * 1e6) for s, e in self._cuda_events)
+            for kind, s, e in self._cuda_events:
+                self.step_ns.setdefault(kind, []).append(int(s.elapsed_time(e) * 1e6))
             self._cuda_events = []
+
+    def _amortised(self, per_kind: dict[str, float]) -> float:
+        """Σ_kind share · value over the mix; NaN while a kind of the mix has no value yet."""
+        total = sum(self.mix.values())
+        if any(k not in per_kind for k, w in self.mix.items() if w > 0):
+            return float("nan")
+        return sum(w * per_kind[k] for k, w in self.mix.items() if w > 0) / total
+
+    @property
+    def flops_by_phase(self) -> dict[str, float] | None:
+        """Amortised FLOPs per update by phase (None until every kind of the mix has been counted)."""
+        if any(k not in self.kind_flops for k, w in self.mix.items() if w > 0):
+            return None
+        return {p: self._amortised({k: f[p] for k, f in self.kind_flops.items()}) for p in PHASES}
+
+    def cumulative_flops(self) -> dict[str, float]:
+        """FLOPs of every update run so far, by phase (NaN if a kind that ran was never counted)."""
+        out = {}
+        for p in PHASES:
+            out[p] = float(sum(n * self.kind_flops[k][p] if k in self.kind_flops else float("nan")
+                               for k, n in self.kind_updates.items()))
+        return out
 
     # ------------------------------------------------------------------ summary
     def summary(self) -> dict:
         self._resolve_cuda()
-        self.close_flop_window()
-        flops = dict(self.flops_by_phase or {})
+        flops = self.flops_by_phase
         out: dict = {"flops_per_update": {"total": sum(flops.values()), **flops} if flops else {}}
-        if self.step_ns:
-            ns = np.asarray(self.step_ns, dtype=np.float64)
-            out["seconds_per_update"] = float(np.median(ns)) / 1e9
-            out["seconds_per_update_mean"] = float(ns.mean()) / 1e9  # amortises rare work (sleep phases)
+        means = {k: float(np.mean(v)) / 1e9 for k, v in self.step_ns.items() if v}
+        out["seconds_per_update"] = self._amortised(means)  # amortised mean: rare work (sleeps) included
+        every = [t for v in self.step_ns.values() for t in v]
+        if every:
+            ns = np.asarray(every, dtype=np.float64)
+            out["seconds_per_update_median"] = float(np.median(ns)) / 1e9
             out["seconds_per_update_p10"] = float(np.percentile(ns, 10)) / 1e9
             out["seconds_per_update_p90"] = float(np.percentile(ns, 90)) / 1e9
-            out["timed_updates"] = int(ns.size)
-        else:
-            out["seconds_per_update"] = float("nan")
-        if self.phase_ns["forward"]:
-            out["seconds_per_update_by_phase"] = {p: float(np.median(self.phase_ns[p])) / 1e9 for p in PHASES}
+        out["timed_updates"] = len(every)
+        if self.phase_ns:
+            out["seconds_per_update_by_phase"] = {
+                p: self._amortised({k: float(np.mean(v[p])) / 1e9 for k, v in self.phase_ns.items() if v[p]})
+                for p in PHASES}
+        out["update_mix"] = dict(self.mix)
         out["peak_memory_bytes"] = peak_memory_bytes(self.device)
         return out
 
     def state_dict(self) -> dict:
         self._resolve_cuda()
-        return {"updates_seen": self.updates_seen, "step_ns": list(self.step_ns), "flops_by_phase": self.flops_by_phase,
-                "phase_ns": {p: list(v) for p, v in self.phase_ns.items()}}
+        return {"updates_seen": self.updates_seen, "kind_updates": dict(self.kind_updates),
+                "kind_flops": {k: dict(v) for k, v in self.kind_flops.items()},
+                "step_ns": {k: list(v) for k, v in self.step_ns.items()},
+                "phase_ns": {k: {p: list(v) for p, v in d.items()} for k, d in self.phase_ns.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.updates_seen = state["updates_seen"]
-        self.step_ns = list(state["step_ns"])
-        self.flops_by_phase = state["flops_by_phase"]
-        self.phase_ns = {p: list(v) for p, v in state["phase_ns"].items()}
+        self.kind_updates = dict(state["kind_updates"])
+        self.kind_flops = {k: dict(v) for k, v in state["kind_flops"].items()}
+        self.step_ns = {k: list(v) for k, v in state["step_ns"].items()}
+        self.phase_ns = {k: {p: list(v) for p, v in d.items()} for k, d in state["phase_ns"].items()}
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -49,13 +49,30 @@ def choice(*values) -> Search:
     return Search("choice", values=tuple(values))
 
 
-def hp(default: Any, doc: str, *, search: Search | None = None, **bounds) -> Any:
+def hp(default: Any, doc: str, *, search: Search | None = None,
+       when: dict[str, tuple] | list[dict[str, tuple]] | None = None, **bounds) -> Any:
     """Declare one hyperparameter: ``beta: float = hp(0.1, "output step", gt=0, search=loguniform(...))``.
 
-    ``bounds`` are pydantic constraints (``ge``, ``gt``, ``le``, ``lt``).
+    ``bounds`` are pydantic constraints (``ge``, ``gt``, ``le``, ``lt``). ``when`` says in which
+    configurations the knob acts: ``{"propagation": ("inverse",)}`` (every listed field has one of
+    its values), or a list of such alternatives (any of them). Elsewhere the knob is neither searched
+    nor recorded, and setting it explicitly is refused (no phantom knobs).
     """
-    extra = {"search": search.to_dict()} if search is not None else None
-    return Field(default, description=doc, json_schema_extra=extra, **bounds)
+    extra = {}
+    if search is not None:
+        extra["search"] = search.to_dict()
+    if when:
+        alternatives = [when] if isinstance(when, dict) else list(when)
+        extra["when"] = [{k: list(v) for k, v in alt.items()} for alt in alternatives]
+    return Field(default, description=doc, json_schema_extra=extra or None, **bounds)
+
+
+def describe_when(alternatives: list[dict]) -> str:
+    """``[{"a": [1, 2]}, {"b": ["x"]}]`` → ``a in {1, 2} or b = x``."""
+    def one(alt):
+        return " and ".join(f"{k} = {v[0]}" if len(v) == 1 else f"{k} in {{{', '.join(map(str, v))}}}"
+                            for k, v in alt.items())
+    return " or ".join(one(alt) for alt in alternatives)
 
 
 class HParams(BaseModel):
@@ -64,15 +81,56 @@ class HParams(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
 
     @classmethod
-    def build(cls, values: dict | None = None, *, owner: str = "") -> "HParams":
+    def build(cls, values: dict | None = None, *, owner: str = "", refuse_inactive: bool = False) -> "HParams":
+        """Validate ``values``; with ``refuse_inactive``, a knob given explicitly where it does not act
+        (see ``hp(when=...)``) is an error."""
         values = dict(values or {})
         unknown = sorted(set(values) - set(cls.model_fields))
         if unknown:
             raise UnknownNameError(f"hyperparameter{' of ' + owner if owner else ''}", unknown[0], cls.model_fields)
         try:
-            return cls(**values)
+            built = cls(**values)
         except ValidationError as exc:
             raise ConfigError(_one_line(exc, owner)) from None
+        if refuse_inactive:
+            idle = sorted(set(values) - built.active_names())
+            if idle:
+                needs = describe_when(cls.conditions()[idle[0]])
+                raise ConfigError(f"{owner + ': ' if owner else ''}hyperparameter '{idle[0]}' does not act in this "
+                                  f"configuration (it acts only when {needs}); remove it")
+        return built
+
+    @classmethod
+    def conditions(cls) -> dict[str, list[dict[str, list]]]:
+        """{name: [{field: values}, ...]} for every knob that acts only in some configurations."""
+        return {name: list(f.json_schema_extra["when"]) for name, f in cls.model_fields.items()
+                if f.json_schema_extra and "when" in f.json_schema_extra}
+
+    @classmethod
+    def inactive(cls, values: dict) -> set[str]:
+        """Names that do not act given ``values`` (missing fields take their defaults). A knob is
+        inactive when no alternative of its ``when`` holds (a field it depends on has another value,
+        or is itself inactive)."""
+        full = {name: f.default for name, f in cls.model_fields.items()}
+        full.update({k: v for k, v in values.items() if k in full})
+        conds, idle = cls.conditions(), set()
+        changed = True
+        while changed:
+            changed = False
+            for name, alternatives in conds.items():
+                acts = any(all(k not in idle and full[k] in v for k, v in alt.items()) for alt in alternatives)
+                if name not in idle and not acts:
+                    idle.add(name)
+                    changed = True
+        return idle
+
+    def active_names(self) -> set[str]:
+        return set(type(self).model_fields) - type(self).inactive(self.model_dump())
+
+    def active_dump(self) -> dict:
+        """The values of the knobs that act in this configuration (what a result records)."""
+        active = self.active_names()
+        return {k: v for k, v in self.model_dump().items() if k in active}
 
     @classmethod
     def search_space(cls) -> dict[str, dict]:
@@ -106,6 +164,7 @@ class HParams(BaseModel):
                     "default": field.default,
                     "bounds": bounds,
                     "search": (field.json_schema_extra or {}).get("search"),
+                    "when": (field.json_schema_extra or {}).get("when"),
                     "doc": field.description or "",
                 }
             )
@@ -132,7 +191,7 @@ class TrainConfig(HParams):
     optimizer: Literal["sgd", "momentum", "adam"] = hp("adam", "shared optimizer applied to every algorithm's update")
     lr: float = hp(1e-3, "learning rate of the forward weights", gt=0, le=1e6, search=loguniform(1e-4, 1e-2))
     weight_decay: float = hp(0.0, "L2 weight decay (coupled, as torch.optim)", ge=0, le=1)
-    momentum: float = hp(0.9, "momentum coefficient (optimizer=momentum only)", ge=0, lt=1)
+    momentum: float = hp(0.9, "momentum coefficient", ge=0, lt=1, when={"optimizer": ("momentum",)})
     batch_size: int = hp(128, "training minibatch size", ge=1, le=65536)
     epochs: int = hp(100, "maximum number of epochs", ge=1, le=100000)
     patience: int = hp(10, "stop when validation accuracy has not improved by min_delta for this many epochs", ge=1)

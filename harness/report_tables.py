@@ -102,10 +102,8 @@ def algo_order(algos, reference: str) -> list[str]:
 
 # ---------------------------------------------------------------------------- summary
 def _seconds(frame: pd.DataFrame) -> pd.Series:
-    """Wall time per update: the mean over timed updates (it amortises rare work such as
-    sleep phases); the median for results written before the mean was recorded."""
-    mean = _num(frame, "seconds_per_update_mean") if "seconds_per_update_mean" in frame else None
-    return mean if mean is not None and mean.notna().any() else _num(frame, "seconds_per_update")
+    """Wall time per update: the amortised mean (rare work such as sleep phases included)."""
+    return _num(frame, "seconds_per_update")
 
 
 def summary_table(results: Results, *, reference: str = "bp", target: str = "95%",

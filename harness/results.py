@@ -4,9 +4,11 @@ A results directory holds:
 
 * ``trials.csv`` — one row per trial: ``trial_id, phase, config_id, algo, algo_version, dataset,
   network, seed, status, stop_reason, epochs, best_epoch, best_val_acc, test_acc,
-  final_test_acc, updates, flops_per_update, flops_per_update_<phase>, seconds_per_update,
-  seconds_per_update_p10/_p90/_mean, peak_memory_bytes, wall_time_s, pretrain_flops``, then every
-  hyperparameter (training and algorithm) as ``hp.<name>``, then the algorithm's final
+  final_test_acc, updates, flops_per_update, flops_per_update_<phase>, seconds_per_update (the
+  amortised mean: sleep phases included), seconds_per_update_median/_p10/_p90, peak_memory_bytes,
+  wall_time_s, pretrain_flops``, the plausibility record as ``plausibility.<field>``, then every
+  hyperparameter that acts in the trial's configuration (training and algorithm) as ``hp.<name>``
+  (a knob that does not act is absent), then the algorithm's final
   diagnostics under their own names (e.g. ``pinv_residual``, ``contraction``) and the final
   per-layer ``angle_l<i>``.
 * ``epochs.csv`` — one row per trial-epoch: ``trial_id, phase, config_id, algo, seed`` and every
@@ -25,7 +27,7 @@ from harness.cost import PHASES
 TRIAL_KEYS = ("trial_id", "phase", "config_id", "algo", "algo_version", "dataset", "network", "seed")
 SUMMARY_METRICS = (
     "status", "stop_reason", "epochs", "best_epoch", "best_val_acc", "test_acc", "final_test_acc", "updates",
-    "seconds_per_update", "seconds_per_update_p10", "seconds_per_update_p90", "seconds_per_update_mean",
+    "seconds_per_update", "seconds_per_update_median", "seconds_per_update_p10", "seconds_per_update_p90",
     "peak_memory_bytes",
     "wall_time_s", "pretrain_flops",
 )
@@ -41,6 +43,8 @@ def trial_row(summary: dict, *, trial_id: str, phase: str, config_id: str) -> di
     row["flops_per_update"] = flops.get("total")
     for p in PHASES:
         row[f"flops_per_update_{p}"] = flops.get(p)
+    for key, value in (summary.get("plausibility") or {}).items():
+        row[f"plausibility.{key}"] = value
     config = summary.get("config", {})
     for name, value in {**config.get("train", {}), **config.get("params", {})}.items():
         row[f"hp.{name}"] = value

@@ -181,16 +181,24 @@ def resolve(opts: SweepOptions) -> tuple[SweepSpec, dict]:
     # use), so that concurrent trials never write the same files at once
     DATASETS.get(spec.dataset).load_raw(Path(data_dir) if data_dir else default_data_dir())
 
+    if mode == "final":  # no search: a fixed value must act in the one configuration that runs
+        for algo in algorithms:
+            TrainConfig.build(fixed[algo]["train"], owner=f"{algo} (fixed)", refuse_inactive=True)
+            get_algorithm(algo).Params.build(fixed[algo]["params"], owner=f"{algo} (fixed)", refuse_inactive=True)
     configs = {}
     if mode != "final":
         for algo in algorithms:
             draws = sample_configs(spaces[algo], spec.budgets.search_trials, seed=spec.sampler_seed, algo=algo)
             configs[algo] = []
+            cls = get_algorithm(algo)
             for k, draw in enumerate(draws):
                 train, params = split_train(draw)
+                train, params = {**fixed[algo]["train"], **train}, {**fixed[algo]["params"], **params}
+                # a knob whose value cannot act in this configuration is not part of it (no phantom knobs)
+                idle = TrainConfig.inactive({**spec.optimizer, **train}) | cls.Params.inactive(params)
                 configs[algo].append({"config_id": f"{algo}-c{k:02d}",
-                                      "train": {**fixed[algo]["train"], **train},
-                                      "params": {**fixed[algo]["params"], **params}})
+                                      "train": {k2: v for k2, v in train.items() if k2 not in idle},
+                                      "params": {k2: v for k2, v in params.items() if k2 not in idle}})
     else:
         configs = {algo: [{"config_id": f"{algo}-given", **fixed[algo]}] for algo in algorithms}
 

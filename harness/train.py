@@ -68,16 +68,16 @@ class Trainer:
         cfg = cfg if isinstance(cfg, TrialConfig) else TrialConfig.build(cfg, owner="trial")
         self.algo_cls: type[Algorithm] = get_algorithm(cfg.algo)
         self.spec = DATASETS.get(cfg.dataset)
-        self.tc = TrainConfig.build(cfg.train, owner="training")
-        params = self.algo_cls.Params.build(cfg.params, owner=cfg.algo)
+        self.tc = TrainConfig.build(cfg.train, owner="training", refuse_inactive=True)
+        params = self.algo_cls.Params.build(cfg.params, owner=cfg.algo, refuse_inactive=True)
         self.device = resolve_device(cfg.device)
         network = cfg.network or self.spec.default_network
         self.cfg = cfg.model_copy(update={"network": network})
         self.resolved = {
             **self.cfg.model_dump(exclude={"train", "params"}),
             "algo_version": self.algo_cls.version,
-            "train": self.tc.model_dump(),
-            "params": params.model_dump(),
+            "train": self.tc.active_dump(),
+            "params": params.active_dump(),
         }
         self.data = data if data is not None else load_dataset(
             cfg.dataset, data_dir=cfg.data_dir, device=self.device, split_seed=cfg.split_seed,
@@ -89,6 +89,7 @@ class Trainer:
         self.meter = CostMeter(self.device)
         self.algo = self.algo_cls(self.net, params, generator=_derived_generator(cfg.seed, 2, self.device),
                                   meter=self.meter)
+        self.meter.mix = self.algo.update_mix()
         self.optimizer = self._optimizer()
         n_probe = min(cfg.probe_size, len(self.data.y_train))
         self.probe = (self.data.x_train[:n_probe], self.data.y_train[:n_probe])
@@ -124,16 +125,12 @@ class Trainer:
         perm = torch.randperm(n, generator=self.data_gen, device=self.device)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        period = self.algo.flop_period()
         t0 = time.perf_counter()
         for b in range(n_batches):
             x, y = data.train_batch(perm[b * bs:(b + 1) * bs], self.data_gen)
-            count = not self.meter.counting_done and 1 <= self.updates <= period
-            with self.meter.update(count_flops=count):
+            with self.meter.update(self.algo.update_kind()):
                 out = self.algo.step(x, y)
                 self.optimizer.step()
-            if count and self.updates == period:
-                self.meter.close_flop_window()
             self.updates += 1
             loss_sum += out.loss.detach() * len(y)
             correct += (out.logits.argmax(1) == y).sum()
@@ -154,12 +151,11 @@ class Trainer:
         d = self.data
         val_loss, val_acc = self.evaluate(d.x_val, d.y_val)
         test_loss, test_acc = self.evaluate(d.x_test, d.y_test)
-        flops = self.meter.flops_by_phase or {p: float("nan") for p in PHASES}
+        flops = self.meter.cumulative_flops()
         row = {
             "epoch": self.epoch, "updates": self.updates, **train,
             "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-            **{f"flops_{p}": flops[p] * self.updates + (self.pretrain_flops if p == "feedback" else 0)
-               for p in PHASES},
+            **{f"flops_{p}": flops[p] + (self.pretrain_flops if p == "feedback" else 0) for p in PHASES},
         }
         row["flops_total"] = sum(row[f"flops_{p}"] for p in PHASES)
         row["wall_time_s"] = self.train_seconds

@@ -35,9 +35,8 @@ def counted(name, elementwise):
     meter = CostMeter(elementwise=elementwise)
     algo = get_algorithm(name)(net, meter=meter)
     x, y = torch.randn(N, 1, 8, 8), torch.randint(0, 10, (N,))
-    with meter.update(count_flops=True):
+    with meter.update():
         algo.step(x, y)
-    meter.close_flop_window()
     return meter.flops_by_phase
 
 
@@ -57,19 +56,65 @@ def test_total_flops_within_5_percent_of_analytic(name):
 
 
 def test_phases_nest_and_window_averages():
-    meter = CostMeter(elementwise=True)
+    meter = CostMeter(elementwise=True, mix={"plain": 0.75, "sleep": 0.25})
     a, b = torch.randn(8, 16), torch.randn(16, 4)
     u, v = torch.randn(32), torch.randn(20)
-    for k in range(2):
-        with meter.update(count_flops=True):
+    for kind in ("plain", "plain", "sleep", "plain"):
+        with meter.update(kind):
             with meter.phase("forward"):
                 a @ b  # 2·8·16·4 = 1024
                 with meter.phase("feedback"):
-                    if k == 0:
+                    if kind == "sleep":
                         u[:, None] * v[None, :]  # outer product via broadcasting: 640 elementwise
             a @ b  # outside every phase: not attributed
-    meter.close_flop_window()
-    assert meter.flops_by_phase == {"forward": 1024, "credit": 0, "feedback": 320}
+    assert meter.kind_flops == {"plain": {"forward": 1024, "credit": 0, "feedback": 0},
+                                "sleep": {"forward": 1024, "credit": 0, "feedback": 640}}
+    assert meter.flops_by_phase == {"forward": 1024, "credit": 0, "feedback": 160}  # 640 · 1/4
+    assert meter.cumulative_flops() == {"forward": 4 * 1024, "credit": 0, "feedback": 640}
+
+
+def test_per_update_cost_is_not_reported_before_every_kind_ran():
+    meter = CostMeter(mix={"wake": 0.99, "sleep": 0.01}, warmup=0)
+    for _ in range(3):
+        with meter.update("wake"), meter.phase("forward"):
+            torch.randn(20, 20) @ torch.randn(20, 20)
+    s = meter.summary()
+    assert meter.flops_by_phase is None and s["flops_per_update"] == {}
+    assert s["seconds_per_update"] != s["seconds_per_update"]  # NaN: no sleep timed yet
+    assert meter.cumulative_flops()["forward"] == 3 * 2 * 20 ** 3
+
+
+def test_amortised_time_weights_each_kind_by_its_share():
+    meter = CostMeter(mix={"wake": 0.9, "sleep": 0.1}, warmup=0)
+    meter.kind_flops = {k: {"forward": 0, "credit": 0, "feedback": 0} for k in ("wake", "sleep")}
+    meter.step_ns = {"wake": [1000, 3000], "sleep": [50000]}
+    s = meter.summary()
+    assert s["seconds_per_update"] == pytest.approx((0.9 * 2000 + 0.1 * 50000) / 1e9)
+    assert s["seconds_per_update_median"] == pytest.approx(3000 / 1e9)
+
+
+def test_matrix_vector_products_are_counted():
+    from harness.cost import flop_counter
+
+    a, v = torch.randn(30, 20), torch.randn(20)
+    with flop_counter(elementwise=False) as c:
+        a @ v
+        v @ v
+    assert c.get_total_flops() == 2 * 30 * 20 + 2 * 20
+
+
+def test_svd_and_pinv_get_the_lapack_count():
+    from harness.cost import flop_counter, svd_flops
+
+    assert svd_flops(30, 20) == 14 * 30 * 20 ** 2 + 8 * 20 ** 3 == svd_flops(20, 30)
+    assert svd_flops(30, 20, compute_uv=False) == int(4 * 30 * 400 - 4 * 8000 / 3)
+    w = torch.randn(30, 20)
+    with flop_counter(elementwise=False) as c:
+        torch.linalg.svd(w, full_matrices=False)
+    assert c.get_total_flops() == svd_flops(30, 20)
+    with flop_counter(elementwise=False) as c:
+        torch.linalg.pinv(w)
+    assert c.get_total_flops() == svd_flops(30, 20) + 20 * 20 + 2 * 30 * 20 * 20
 
 
 def test_unknown_phase_is_refused():
@@ -81,9 +126,9 @@ def test_unknown_phase_is_refused():
 def test_timing_excludes_warmup_and_counted_updates():
     meter = CostMeter(warmup=2)
     for i in range(6):
-        with meter.update(count_flops=(i == 3)), meter.phase("forward"):
+        with meter.update(count_flops=(i == 3) or None), meter.phase("forward"):
             torch.randn(50, 50) @ torch.randn(50, 50)
-    s = meter.summary()
+    s = meter.summary()  # update 0 (first of its kind) and 3 counted; 0, 1 warm-up; 2, 4, 5 timed
     assert s["timed_updates"] == 3 and s["seconds_per_update"] > 0
     assert s["flops_per_update"]["total"] == 2 * 50 ** 3
 
@@ -91,9 +136,8 @@ def test_timing_excludes_warmup_and_counted_updates():
 def test_in_place_elementwise_work_is_counted():
     meter = CostMeter()
     a = torch.randn(10, 20)
-    with meter.update(count_flops=True), meter.phase("feedback"):
+    with meter.update(), meter.phase("feedback"):
         a.mul_(2)
         a.add_(1)
         a.lerp_(torch.zeros(10, 20), 0.5)
-    meter.close_flop_window()
     assert meter.flops_by_phase["feedback"] == 3 * 200

@@ -18,7 +18,7 @@ from harness.spec import parse_spec
 from harness.sweep import SweepOptions, new_sweep, resume_sweep, train_trial
 
 ALGOS = ["bp", "fa"]
-TIMING = {"seconds_per_update", "seconds_per_update_p10", "seconds_per_update_p90", "seconds_per_update_mean",
+TIMING = {"seconds_per_update", "seconds_per_update_p10", "seconds_per_update_p90", "seconds_per_update_median",
           "wall_time_s", "peak_memory_bytes"}
 
 
@@ -54,11 +54,12 @@ def ray_session():
 
 
 def expected_trial_columns(algos) -> set[str]:
-    hps = {f"hp.{k}" for k in TrainConfig.model_fields}
+    hps = {f"hp.{k}" for k in TrainConfig().active_dump()}  # adam: momentum does not act and is absent
     for a in algos:
-        hps |= {f"hp.{k}" for k in get_algorithm(a).Params.model_fields}
+        hps |= {f"hp.{k}" for k in get_algorithm(a).Params().active_dump()}
     flops = {"flops_per_update"} | {f"flops_per_update_{p}" for p in ("forward", "credit", "feedback")}
-    return set(TRIAL_KEYS) | set(SUMMARY_METRICS) | flops | hps | {"angle_l1", "angle_l2", "error"}
+    plaus = {f"plausibility.{k}" for k in ("weight_transport", "local", "phases", "feedback_learning", "notes")}
+    return set(TRIAL_KEYS) | set(SUMMARY_METRICS) | flops | hps | plaus | {"angle_l1", "angle_l2", "error"}
 
 
 def metric_frame(out: Path) -> pd.DataFrame:

@@ -248,8 +248,25 @@ def test_same_seed_same_results_and_resume_is_exact(algo, params, digits, tmp_pa
     assert summary["pretrain_flops"] > 0 if params.get("pretrain_epochs") else summary["pretrain_flops"] == 0
 
 
-def test_exact_inverse_costs_no_feedback_flops(digits):
-    t = Trainer(trial("dtp", 1, {"inverse": "exact"}), data=digits)
+def test_exact_inverse_counts_its_pseudoinverses_as_credit_work(digits):
+    """inverse=exact learns nothing (no feedback work) but its pseudoinverses are counted: the credit
+    phase of one update is the same update with learned-free targets plus one pinv per g call."""
+    from harness.cost import svd_flops
+
+    t = Trainer(trial("dtp", 1, {"inverse": "exact", "penultimate": "inverse"}), data=digits)
     s = t.run(None)
-    assert s["flops_per_update"]["feedback"] == 0 and s["flops_per_update"]["credit"] > 0
-    assert t.algo.inv_opt is None
+    assert s["flops_per_update"]["feedback"] == 0 and t.algo.inv_opt is None
+    # dtp calls g twice per inverse layer (g(h*) and g(h)); each pinv of W_i (out×in) is an SVD,
+    # the scaling of k columns and a product
+    pinv = sum(svd_flops(*layer.weight.shape) + layer.weight.shape[1] * min(layer.weight.shape)
+               + 2 * layer.weight.numel() * min(layer.weight.shape) for layer in t.net.layers[1:])
+    no_pinv = Trainer(trial("dtp", 1, {"inverse": "exact", "penultimate": "inverse"}), data=digits)
+    from unittest import mock
+
+    with mock.patch("harness.cost.DECOMPOSITION_MAPPING", {}):
+        from harness import cost
+        with mock.patch.object(cost, "flop_counter", lambda elementwise=True: cost.FlopCounterMode(
+                display=False, custom_mapping=cost.ELEMENTWISE_MAPPING if elementwise else None)):
+            s0 = no_pinv.run(None)
+    assert s["flops_per_update"]["credit"] - s0["flops_per_update"]["credit"] == 2 * pinv
+    assert s["plausibility"]["weight_transport"] is True
