@@ -482,8 +482,6 @@ def _rebuild_summary(t: dict, ck_dir: Path, status: str, reason: str) -> dict:
 
 def collect(grid, planned: list[dict]) -> tuple[list[dict], list[dict], set[str]]:
     """trials.csv and epochs.csv rows of the finished trials, in plan order; and the unfinished ids."""
-    import torch
-
     from harness.train import CHECKPOINT
 
     by_id = {}
@@ -499,7 +497,7 @@ def collect(grid, planned: list[dict]) -> tuple[list[dict], list[dict], set[str]
         if ck is not None:
             with ck.as_directory() as d:
                 d = Path(d)
-                history = torch.load(d / CHECKPOINT, map_location="cpu", weights_only=False)["history"]
+                history = store.load_torch(d / CHECKPOINT, map_location="cpu")["history"]
                 if (d / "summary.json").exists():
                     summary = json.loads((d / "summary.json").read_text())
                 elif error:
