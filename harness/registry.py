@@ -31,6 +31,9 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
 
     def register(self, name: str, item: T, *, override: bool = False) -> T:
+        from harness.store import safe_name
+
+        safe_name(name, f"{self.kind} id")  # ids become parts of paths (trial ids, run directories)
         if name in self._items and not override and self._items[name] is not item:
             raise CreditbenchError(f"duplicate {self.kind} id '{name}' (pass override=True to replace it)")
         self._items[name] = item

@@ -113,6 +113,10 @@ def resolve(opts: SweepOptions) -> tuple[SweepSpec, dict]:
         DATASETS.get(opts.dataset)
     source = opts.spec or (spec_for_dataset(opts.dataset) if opts.dataset else "default")
     spec, path = load_spec(source)
+    if opts.name is not None:  # the results directory's prefix
+        store.safe_name(opts.name, "--name")
+    else:
+        store.safe_name(spec.name, f"{path}: name")
     update: dict = {}
     if opts.dataset is not None and opts.dataset != spec.dataset:
         update.update(dataset=opts.dataset, network=None, val_size=None)
@@ -292,7 +296,7 @@ def train_trial(t: dict, *, checkpoint_dir: str | Path | None, report: Callable[
     epoch, ``summary.json``)."""
     from harness.train import TrialConfig, Trainer, resolve_device
 
-    trial_dir = Path(t["trials_root"]) / t["trial_id"]
+    trial_dir = Path(t["trials_root"]) / store.safe_name(t["trial_id"], "trial id")
     if trial_dir.exists():
         shutil.rmtree(trial_dir)
     if checkpoint_dir is not None:

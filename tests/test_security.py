@@ -87,3 +87,51 @@ def test_real_checkpoint_holds_plain_data_only(run_dir):
     ck = load_torch(run_dir / "checkpoint.pt")
     assert {"net", "optimizer", "algo", "torch_rng", "data_gen", "algo_gen", "history"} <= set(ck)
     assert isinstance(ck["torch_rng"], torch.Tensor) and isinstance(ck["history"][0]["val_acc"], float)
+
+
+# ---------------------------------------------------------------------------- names that become paths
+def write_spec(path: Path, **overrides) -> Path:
+    import yaml
+
+    spec = {"name": "tiny", "dataset": "digits", "network": "mlp-1x16-tanh", "algorithms": ["bp"], "seeds": 1,
+            "budgets": {"search_trials": 1, "search_epochs": 1, "final_epochs": 1}, **overrides}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("argv,spec,needle", [
+    (["--name", "../../x"], {}, "--name '../../x' is not a valid name; allowed: letters, digits"),
+    ([], {"name": "a/b"}, "name 'a/b' is not a valid name; allowed: letters, digits"),
+    (["--name", ".hidden"], {}, "--name '.hidden'"),
+    (["--name", ""], {}, "--name ''"),
+], ids=["dotdot", "spec-slash", "hidden", "empty"])
+def test_names_that_would_leave_the_results_folder_are_refused(tmp_path, capsys, monkeypatch, argv, spec, needle):
+    work = tmp_path / "work"
+    (work / "deep" / "er").mkdir(parents=True)
+    monkeypatch.chdir(work / "deep" / "er")
+    spec_file = write_spec(tmp_path / "spec.yaml", **spec)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    code = main(["sweep", "--spec", str(spec_file), "--results", "results", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and needle in err and "\n" not in err, err
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written, inside or outside
+
+
+def test_registry_ids_must_be_safe_names():
+    from harness.errors import ConfigError
+    from harness.registry import Registry
+
+    with pytest.raises(ConfigError, match="algorithm id '../evil' is not a valid name"):
+        Registry("algorithm").register("../evil", object())
+
+
+def test_trial_directory_never_leaves_the_trials_root(tmp_path):
+    from harness.errors import ConfigError
+    from harness.sweep import train_trial
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    t = {"trial_id": "../victim", "trials_root": str(tmp_path / "trials")}
+    with pytest.raises(ConfigError, match="trial id '../victim'"):
+        train_trial(t, checkpoint_dir=None, report=lambda m, d: None)
+    assert victim.is_dir()
