@@ -135,3 +135,86 @@ def test_trial_directory_never_leaves_the_trials_root(tmp_path):
     with pytest.raises(ConfigError, match="trial id '../victim'"):
         train_trial(t, checkpoint_dir=None, report=lambda m, d: None)
     assert victim.is_dir()
+
+
+# ---------------------------------------------------------------------------- sweep --resume
+def _set(data: dict, dotted: str, value) -> None:
+    *path, last = dotted.split(".")
+    for key in path:
+        data = data[key] if not isinstance(data, list) else data[int(key)]
+    data[last] = value
+
+
+RESUME_DAMAGE = [
+    ("missing-plan", lambda d: (d / "plan.json").unlink(), "not a sweep results directory (no plan.json)"),
+    ("plan-not-json", lambda d: (d / "plan.json").write_text("{nope"), "plan.json: not valid JSON"),
+    ("spec-not-yaml", lambda d: (d / "spec.yaml").write_text("a: [b"), "spec.yaml: not valid YAML"),
+    ("spec-bad-key", {"spec": ("budgets.serch_trials", 1)}, "unknown key 'serch_trials'"),
+    ("mode", {"plan": ("mode", "everything")}, "mode 'everything' is not valid; valid: both, search, final"),
+    ("algorithms", {"plan": ("algorithms", ["bp", "fa"])}, "differ from spec.yaml's ['bp']"),
+    ("unknown-algo", {"plan": ("algorithms", ["nope"]), "spec": ("algorithms", ["nope"])},
+     "unknown algorithm in"),
+    ("config-id-path", {"plan": ("configs.bp.0.config_id", "../../x")}, "config id '../../x' is not a valid name"),
+    ("config-other-algo", {"plan": ("configs.bp.0.config_id", "fa-c00")}, "does not belong to algorithm bp"),
+    ("bad-value", {"plan": ("configs.bp.0.train.lr", -1)}, "lr"),
+    ("unknown-key", {"plan": ("configs.bp.0.params.beta", 1)}, "unknown hyperparameter"),
+    ("selected", {"plan": ("selected", {"bp": "bp-c07"})}, "'bp-c07' is not one of its planned configurations"),
+    ("no-env", lambda d: (d / "trials.csv").write_text("trial_id\n"), "not a sweep results directory (no env.json)"),
+    ("env-not-json", lambda d: [(d / "trials.csv").write_text("trial_id\n"), (d / "env.json").write_text("[")],
+     "env.json: not valid JSON"),
+]
+
+
+@pytest.fixture
+def resumable(tmp_path):
+    """spec.yaml and plan.json exactly as a sweep writes them before Ray starts (no Ray here)."""
+    from harness.sweep import SweepOptions, _write_plan, resolve
+
+    spec, plan = resolve(SweepOptions(spec=str(write_spec(tmp_path / "spec.yaml", seeds=2,
+                                                          budgets={"search_trials": 2, "search_epochs": 1,
+                                                                   "final_epochs": 1}))))
+    out = tmp_path / "results" / "tiny-20260101T000000Z"
+    out.mkdir(parents=True)
+    _write_plan(out, spec, plan)
+    return out
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Record what would be handed to Ray instead of running it."""
+    import harness.sweep as sweep
+
+    handed = []
+    monkeypatch.setattr(sweep, "execute", lambda out_dir, spec, plan, **kw: handed.append((spec, plan)) or 0)
+    return handed
+
+
+def test_resume_hands_a_consistent_directory_to_ray(resumable, no_ray):
+    import io
+
+    from harness.sweep import resume_sweep
+
+    log = io.StringIO()
+    assert resume_sweep(resumable, log=log) == (resumable, 0)
+    assert len(no_ray) == 1 and no_ray[0][1]["algorithms"] == ["bp"]
+    assert "resume only directories you created" in log.getvalue()
+
+
+@pytest.mark.parametrize("damage,needle", [d[1:] for d in RESUME_DAMAGE], ids=[d[0] for d in RESUME_DAMAGE])
+def test_resume_refuses_an_inconsistent_directory_before_ray(resumable, no_ray, capsys, damage, needle):
+    import json
+
+    import yaml
+
+    if callable(damage):
+        damage(resumable)
+    else:
+        for name, (key, value) in damage.items():
+            path = resumable / ("plan.json" if name == "plan" else "spec.yaml")
+            data = json.loads(path.read_text()) if name == "plan" else yaml.safe_load(path.read_text())
+            _set(data, key, value)
+            path.write_text(json.dumps(data) if name == "plan" else yaml.safe_dump(data))
+    assert main(["sweep", "--resume", str(resumable)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and "\n" not in err, err
+    assert no_ray == [] and not (resumable / "raw").exists()
