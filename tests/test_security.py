@@ -218,3 +218,64 @@ def test_resume_refuses_an_inconsistent_directory_before_ray(resumable, no_ray, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and needle in err and "\n" not in err, err
     assert no_ray == [] and not (resumable / "raw").exists()
+
+
+# ---------------------------------------------------------------------------- the report reads data only
+GUARD = '''
+import os, sys
+
+def refuse(*args, **kwargs):
+    print("UNPICKLER CALLED", file=sys.stderr, flush=True)
+    os._exit(97)  # no except clause can swallow this
+
+sys.addaudithook(lambda event, args: refuse() if event == "pickle.find_class" else None)
+import pickle, _pickle
+import numpy, pandas, torch
+for module, names in ((pickle, ("load", "loads", "Unpickler")), (_pickle, ("load", "loads", "Unpickler")),
+                      (torch, ("load",)), (pandas, ("read_pickle",)), (numpy, ("load",))):
+    for name in names:
+        setattr(module, name, refuse)
+from harness.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory) -> Path:
+    """A tiny real results directory, with pickles lying in it as bait."""
+    from harness.datasets import load_dataset
+    from tests.report_fixtures import env_for, run_sweep, spec_for, write_results
+
+    train = {"epochs": 1, "patience": 5, "batch_size": 64}
+    trials, epochs, summary = run_sweep(load_dataset("digits"), ("bp",), search_configs=1, seeds=(0, 1),
+                                        search_train=train, final_train=train)
+    out = write_results(tmp_path_factory.mktemp("report") / "sweep", trials, epochs,
+                        spec_for(("bp",), seeds=(0, 1), search_configs=1, search_train=train, final_train=train),
+                        env_for(summary))
+    marker = out.parent / "marker"
+    (out / "raw" / "trials" / "x").mkdir(parents=True)
+    torch.save({"history": [], "extra": Payload(marker)}, out / "raw" / "trials" / "x" / "checkpoint.pt")
+    (out / "results.pkl").write_bytes(__import__("pickle").dumps(Payload(marker)))
+    return out
+
+
+def test_report_runs_without_any_unpickler(report_dir, tmp_path):
+    guard = tmp_path / "guard.py"
+    guard.write_text(GUARD)
+    proc = subprocess.run([sys.executable, str(guard), "report", str(report_dir), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / "report.md").is_file() and list((tmp_path / "out" / "figures").glob("*.png"))
+    assert not (report_dir.parent / "marker").exists()
+
+
+def test_the_guard_catches_an_unpickling_report(report_dir, tmp_path):
+    """The guard above is not vacuous: a report that reads a pickle dies with it."""
+    guard = tmp_path / "guard.py"
+    guard.write_text(GUARD.replace("from harness.cli import main",
+                                   "import harness.report_data as rd\n"
+                                   "rd.yaml.safe_load = lambda text: pandas.read_pickle('x')\n"
+                                   "from harness.cli import main"))
+    proc = subprocess.run([sys.executable, str(guard), "report", str(report_dir), "--out", str(tmp_path / "out"),
+                           "--no-figures"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 97 and "UNPICKLER CALLED" in proc.stderr
