@@ -279,3 +279,24 @@ def test_the_guard_catches_an_unpickling_report(report_dir, tmp_path):
     proc = subprocess.run([sys.executable, str(guard), "report", str(report_dir), "--out", str(tmp_path / "out"),
                            "--no-figures"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 97 and "UNPICKLER CALLED" in proc.stderr
+
+
+# ---------------------------------------------------------------------------- reproducible installs
+def test_install_uses_exact_constraints_for_every_dependency():
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = [ln for ln in (REPO / "constraints.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!]+", ln) for ln in lines)
+    pins = {canonicalize_name(n): v for n, v in (ln.split("==") for ln in lines)}
+    assert len(pins) == len(lines)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for req in map(Requirement, project["dependencies"] + project["optional-dependencies"]["dev"]):
+        name = canonicalize_name(req.name)
+        assert name in pins and req.specifier.contains(pins[name]), req
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+    makefile = (REPO / "Makefile").read_text()
+    assert "pip install --quiet -c constraints.txt -e '.[dev]'" in makefile and "--upgrade pip" not in makefile
