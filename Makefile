@@ -16,15 +16,22 @@ RUN     ?=
 OUT     ?=
 TARGET  ?=
 
-.PHONY: install test sweep report clean
+.PHONY: install constraints test sweep report clean
 
+# installs the exact versions pinned in constraints.txt (torch==2.14.1, torchvision==0.29.1, ...)
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# make constraints: pin the exact versions the working .venv has for everything pyproject.toml's
+# dependencies (and the dev extra) pull in; run it on purpose, once a dependency change is tested
+constraints:
+	test -x $(BIN)/python || { echo "error: no $(VENV): run make install first" >&2; exit 1; }
+	$(BIN)/python -m harness.provenance > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -173,7 +173,9 @@ class Algorithm:
 
     @classmethod
     def spec(cls) -> dict:
-        """A JSON-serialisable description, saved with every result."""
+        """A JSON-serialisable description, saved with every result (``origin``: where its code comes from)."""
+        from harness.registry import algorithm_origin
+
         return {
             "name": cls.name,
             "version": cls.version,
@@ -181,6 +183,7 @@ class Algorithm:
             "reference": cls.reference,
             "capabilities": cls.capabilities.to_dict(),
             "hyperparameters": cls.Params.describe(),
+            "origin": algorithm_origin(cls),
         }
 
 

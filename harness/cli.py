@@ -25,7 +25,7 @@ def _print_params(params, indent: str) -> None:
 
 def cmd_list(args) -> int:
     from harness.hparams import TrainConfig
-    from harness.registry import ALGORITHMS, DATASETS, NETWORKS, load_plugins
+    from harness.registry import ALGORITHMS, DATASETS, NETWORKS, algorithm_origin, describe_origin, load_plugins
 
     load_plugins()
     print("algorithms:")
@@ -34,6 +34,7 @@ def cmd_list(args) -> int:
         caps = cls.capabilities.to_dict()
         print(f"  {name} (v{cls.version}): {cls.description}")
         print(f"      reference: {cls.reference}")
+        print(f"      code: {describe_origin(algorithm_origin(cls))}")
         print(f"      capabilities: layers={','.join(caps['layers'])} activations={caps['activations'] if isinstance(caps['activations'], str) else ','.join(caps['activations'])}"
               f" needs_invertible={caps['needs_invertible']}")
         _print_params(cls.Params, "      ")

@@ -36,3 +36,7 @@ class DataError(CreditbenchError):
 
 class ResultsError(CreditbenchError):
     """A results directory that is missing, empty, malformed or incompatible with the others."""
+
+
+class CheckpointError(ResultsError):
+    """A checkpoint or state file that is not plain data (or cannot be read): refused, never unpickled."""

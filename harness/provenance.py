@@ -6,7 +6,7 @@ import functools
 import os
 import platform
 import subprocess
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, distribution, version
 from pathlib import Path
 
 import torch
@@ -51,3 +51,41 @@ def device_info(device: torch.device) -> dict:
 
 def environment(device: torch.device) -> dict:
     return {"versions": versions(), "git": git_commit(), **device_info(device)}
+
+
+def pinned_requirements(pyproject: Path = REPO / "pyproject.toml", extras: tuple = ("dev",)) -> dict[str, str]:
+    """name → installed version of every distribution the project's dependencies (and ``extras``)
+    pull in, followed through the installed metadata with markers evaluated here: the contents of
+    ``constraints.txt`` (``make constraints``). Unrelated packages in the environment are left out."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads(pyproject.read_text())["project"]
+    todo = [(Requirement(r), "") for r in project["dependencies"]]
+    todo += [(Requirement(r), "") for e in extras for r in project.get("optional-dependencies", {}).get(e, [])]
+    pins: dict[str, str] = {}
+    seen = set()
+    while todo:
+        req, extra = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+            continue
+        key = (canonicalize_name(req.name), frozenset(req.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = distribution(req.name)
+        except PackageNotFoundError:
+            continue  # not needed here (e.g. an optional dependency of another platform)
+        pins[dist.metadata["Name"]] = dist.version
+        for r in dist.requires or []:
+            todo += [(Requirement(r), e) for e in (sorted(req.extras) or [""])]
+    return dict(sorted(pins.items(), key=lambda kv: canonicalize_name(kv[0])))
+
+
+if __name__ == "__main__":  # python -m harness.provenance: constraints.txt on stdout
+    print("# Exact versions installed by `make install` (pip install -c constraints.txt); regenerate: make constraints")
+    for name, pinned in pinned_requirements().items():
+        print(f"{name}=={pinned}")

@@ -5,15 +5,18 @@ explicitly by name when the registry loads (a new algorithm is one new file ther
 with no other edit); third-party packages add algorithms
 through the entry-point group ``creditbench.algorithms`` (each entry point names a
 module or an algorithm class; importing it registers it). A plugin that fails to
-import is a loud error, never skipped.
+import is a loud error, never skipped. ``algorithm_origin`` says where each algorithm's
+code comes from (built-in module, or the distribution and version of its entry point).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import importlib
+import inspect
 import pkgutil
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Callable, Generic, Iterator, TypeVar
 
 from harness.errors import CreditbenchError, UnknownNameError
@@ -21,6 +24,7 @@ from harness.errors import CreditbenchError, UnknownNameError
 T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "creditbench.algorithms"
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "algorithms"
 
 
 class Registry(Generic[T]):
@@ -31,6 +35,9 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
 
     def register(self, name: str, item: T, *, override: bool = False) -> T:
+        from harness.store import safe_name
+
+        safe_name(name, f"{self.kind} id")  # ids become parts of paths (trial ids, run directories)
         if name in self._items and not override and self._items[name] is not item:
             raise CreditbenchError(f"duplicate {self.kind} id '{name}' (pass override=True to replace it)")
         self._items[name] = item
@@ -81,6 +88,29 @@ def register_network(name: str, *, override: bool = False) -> Callable:
 
 
 _loaded = False
+_ORIGINS: dict[type, dict] = {}  # algorithm class → the entry point (and distribution) that registered it
+
+
+def algorithm_origin(cls) -> dict:
+    """Where an algorithm's code comes from: ``built-in`` (a module of this repository's
+    ``algorithms`` package), ``entry-point`` (the installed distribution and version that declared
+    it) or ``registered`` (a module that registered it at run time)."""
+    module = cls.__module__
+    if cls in _ORIGINS:
+        return {**_ORIGINS[cls], "module": module}
+    try:
+        builtin = Path(inspect.getfile(cls)).resolve().parent == BUILTIN_DIR and module.startswith("algorithms.")
+    except (TypeError, OSError):
+        builtin = False
+    return {"kind": "built-in" if builtin else "registered", "module": module}
+
+
+def describe_origin(origin: dict) -> str:
+    """One line for ``creditbench list``."""
+    if origin["kind"] == "entry-point":
+        dist = f"{origin['distribution']} {origin['version']}" if origin["distribution"] else "unknown distribution"
+        return f"entry point '{origin['entry_point']}' of {dist} (module {origin['module']})"
+    return f"{origin['kind']} (module {origin['module']})"
 
 
 def load_plugins() -> None:
@@ -97,6 +127,7 @@ def load_plugins() -> None:
         if not mod.name.startswith("_"):
             importlib.import_module(f"algorithms.{mod.name}")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        before = set(ALGORITHMS.names())
         try:
             obj = ep.load()
         except Exception as exc:  # a broken plugin must not vanish silently
@@ -105,6 +136,11 @@ def load_plugins() -> None:
             ) from exc
         if isinstance(obj, type) and getattr(obj, "name", None) not in ALGORITHMS:
             register_algorithm(obj)
+        dist = getattr(ep, "dist", None)  # None when the entry point was not read from a distribution
+        origin = {"kind": "entry-point", "entry_point": f"{ep.name} = {ep.value}",
+                  "distribution": dist.name if dist else None, "version": dist.version if dist else None}
+        for name in set(ALGORITHMS.names()) - before:
+            _ORIGINS[ALGORITHMS.get(name)] = origin
     _loaded = True
 
 

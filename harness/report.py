@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from harness import store
-from harness.report_data import GROUP, Results, load_results, newest_results_dir, search_space, searched_names
+from harness.report_data import (GROUP, Results, load_results, newest_results_dir, search_space, searched_names,
+                                 version_differences)
 from harness.report_tables import (
     CONFIDENCE, algo_order, failure_table, hyperparameter_table, markdown_table, pct, protocol_table,
     summary_display, summary_latex, summary_table, latex_table, parse_target,
@@ -143,6 +144,10 @@ def render_markdown(results: Results, out: Path, summary, hparams, protocol, fai
     lines += [f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from "
               f"{len(results.sources)} results director{'y' if len(results.sources) == 1 else 'ies'}: "
               + ", ".join(f"`{s.label}`" for s in results.sources) + ".", ""]
+    versions = version_differences(results)
+    if versions:
+        lines += [f"> **Warning: these results were produced with different package versions** ({'; '.join(versions)}): "
+                  "differences between them may come from the software, not the algorithms.", ""]
     lines += ["Contents: " + " · ".join(f"[{s}](#{s.lower()})" for s in SECTIONS), ""]
     target_text = (f"{pct(value, 0)}% of {reference}'s mean test accuracy" if mode == "relative"
                    else f"{pct(value)}% accuracy")
@@ -234,6 +239,8 @@ def render_markdown(results: Results, out: Path, summary, hparams, protocol, fai
         lines.append("- Dataset fingerprints: " + ", ".join(f"{k} `{v}`" for k, v in sorted(results.fingerprints.items())))
     else:
         lines.append("- Dataset fingerprints: not recorded in env.json.")
+    if versions:
+        lines.append("- Package versions **differ** between directories: " + "; ".join(versions) + ".")
     lines.append("")
     for src in results.sources:
         t = results.trials[results.trials["source"] == src.label]

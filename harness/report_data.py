@@ -252,6 +252,18 @@ def searched_names(results: Results, trials: pd.DataFrame) -> set[str]:
 
 
 # ---------------------------------------------------------------------------- compatibility
+def version_differences(results: Results) -> list[str]:
+    """Packages whose versions (``env.json`` ``versions``) differ between directories,
+    e.g. ``torch 2.14.1 (`a`) vs 2.13.0 (`b`)``; directories that record none are not compared."""
+    seen: dict[str, dict[str, list[str]]] = {}
+    for src in results.sources:
+        versions = src.env.get("versions") if isinstance(src.env, dict) else None
+        for pkg, value in (versions.items() if isinstance(versions, dict) else ()):
+            seen.setdefault(str(pkg), {}).setdefault(str(value), []).append(f"`{src.label}`")
+    return [f"{pkg} " + " vs ".join(f"{v} ({', '.join(labels)})" for v, labels in by.items())
+            for pkg, by in seen.items() if len(by) > 1]
+
+
 def _hp_signature(row: pd.Series, cols: list[str]) -> str:
     return ", ".join(f"{c[3:]}={row[c]}" for c in cols if not (isinstance(row[c], float) and math.isnan(row[c])))
 

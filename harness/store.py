@@ -1,15 +1,26 @@
-"""Atomic writes: every result file is written to a temporary sibling and renamed into place."""
+"""Results files: atomic writes (a temporary sibling renamed into place), and safe reads.
+
+A results directory is data, never code: checkpoints are loaded weights-only (``load_torch``)
+and every value that becomes part of a path is checked by ``safe_name``.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import pandas as pd
 import torch
+
+from harness.errors import CheckpointError, ConfigError
+
+NAME_RULE = "letters, digits, '-', '_' and '.' (starting with a letter, digit or '_'; no '..'; at most 128 characters)"
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 def _atomic(path: Path, write) -> None:
@@ -65,3 +76,37 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 def save_torch(path: Path, obj) -> None:
     _atomic(path, lambda f: torch.save(obj, f))
+
+
+def load_torch(path: Path, map_location=None):
+    """A ``torch.save`` file read as data only (``weights_only=True``: tensors, numbers, strings, lists,
+    dicts). Anything else, or an unreadable file, raises a one-line :class:`CheckpointError`."""
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001  a weights-only load runs no code: any failure is the file's
+        raise CheckpointError(f"{path}: refused to load ({_load_failure(exc)}); a checkpoint may hold only tensors, "
+                              "numbers, strings, lists and dicts, and nothing in a results directory is run") from None
+
+
+def _load_failure(exc: Exception) -> str:
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it refers to code, '{found.group(1)}'"
+    found = re.search(r"WeightsUnpickler error: \s*(.+)", text)
+    if found:
+        return f"not plain data: {found.group(1).strip()}"
+    if isinstance(exc, EOFError):
+        return "empty or truncated file"
+    first = text.strip().split("\n")[0].split(". ")[0]
+    return f"{type(exc).__name__}: {first[:200]}" if first else f"unreadable: {type(exc).__name__}"
+
+
+def safe_name(value, what: str) -> str:
+    """``value`` if it can be one component of a path (no separator, no '..', not hidden, not empty);
+    otherwise a one-line :class:`ConfigError` naming ``what`` and what is allowed."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
+        raise ConfigError(f"{what} {value!r} is not a valid name; allowed: {NAME_RULE}")
+    return value

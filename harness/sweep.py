@@ -31,7 +31,7 @@ from typing import Callable
 import yaml
 
 from harness import store
-from harness.errors import ConfigError, CreditbenchError, UnknownNameError
+from harness.errors import ConfigError, CreditbenchError, ResultsError, UnknownNameError
 from harness.results import epoch_rows, trial_row
 from harness.spec import (ALL, BUDGET_KEYS, SweepSpec, load_spec, parse_spec, sample_configs, space_to_yaml,
                           spec_for_dataset, split_train, validate)
@@ -113,6 +113,10 @@ def resolve(opts: SweepOptions) -> tuple[SweepSpec, dict]:
         DATASETS.get(opts.dataset)
     source = opts.spec or (spec_for_dataset(opts.dataset) if opts.dataset else "default")
     spec, path = load_spec(source)
+    if opts.name is not None:  # the results directory's prefix
+        store.safe_name(opts.name, "--name")
+    else:
+        store.safe_name(spec.name, f"{path}: name")
     update: dict = {}
     if opts.dataset is not None and opts.dataset != spec.dataset:
         update.update(dataset=opts.dataset, network=None, val_size=None)
@@ -300,7 +304,7 @@ def train_trial(t: dict, *, checkpoint_dir: str | Path | None, report: Callable[
     epoch, ``summary.json``)."""
     from harness.train import TrialConfig, Trainer, resolve_device
 
-    trial_dir = Path(t["trials_root"]) / t["trial_id"]
+    trial_dir = Path(t["trials_root"]) / store.safe_name(t["trial_id"], "trial id")
     if trial_dir.exists():
         shutil.rmtree(trial_dir)
     if checkpoint_dir is not None:
@@ -490,8 +494,6 @@ def _rebuild_summary(t: dict, ck_dir: Path, status: str, reason: str) -> dict:
 
 def collect(grid, planned: list[dict]) -> tuple[list[dict], list[dict], set[str]]:
     """trials.csv and epochs.csv rows of the finished trials, in plan order; and the unfinished ids."""
-    import torch
-
     from harness.train import CHECKPOINT
 
     by_id = {}
@@ -507,7 +509,7 @@ def collect(grid, planned: list[dict]) -> tuple[list[dict], list[dict], set[str]
         if ck is not None:
             with ck.as_directory() as d:
                 d = Path(d)
-                history = torch.load(d / CHECKPOINT, map_location="cpu", weights_only=False)["history"]
+                history = store.load_torch(d / CHECKPOINT, map_location="cpu")["history"]
                 if (d / "summary.json").exists():
                     summary = json.loads((d / "summary.json").read_text())
                 elif error:
@@ -647,16 +649,100 @@ def new_sweep(opts: SweepOptions, *, callbacks=(), argv=None, log=sys.stderr) ->
     return out_dir, execute(out_dir, spec, plan, callbacks=callbacks, argv=argv, log=log)
 
 
+PLAN_KEYS = ("mode", "algorithms", "configs", "selected", "address", "spaces")
+MODES = ("both", "search", "final")
+
+
+def _read_data(path: Path, parse, what: str):
+    if not path.is_file():
+        raise ResultsError(f"--resume {path.parent}: not a sweep results directory (no {path.name})")
+    try:
+        return parse(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise ResultsError(f"{path}: not valid {what} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                           ) from None
+
+
+def check_plan(plan, spec: SweepSpec, source: str) -> None:
+    """Refuse (one line) a plan.json that ``resolve`` could not have written for ``spec``."""
+    from harness.hparams import TrainConfig
+    from harness.registry import get_algorithm
+
+    def bad(problem: str):
+        raise ResultsError(f"{source}: {problem}")
+
+    if not isinstance(spec.algorithms, list):
+        bad("spec.yaml does not list its algorithms (a sweep writes the resolved list)")
+    if not isinstance(plan, dict):
+        bad(f"a plan is a JSON object, got {type(plan).__name__}")
+    if set(plan) != set(PLAN_KEYS):
+        bad(f"keys {sorted(plan)} are not the plan's; expected: {', '.join(PLAN_KEYS)}")
+    if plan["mode"] not in MODES:
+        bad(f"mode {plan['mode']!r} is not valid; valid: {', '.join(MODES)}")
+    if plan["algorithms"] != spec.algorithms:
+        bad(f"algorithms {plan['algorithms']!r} differ from spec.yaml's {spec.algorithms!r}")
+    for algo in spec.algorithms:
+        try:
+            get_algorithm(algo)
+        except UnknownNameError as exc:
+            raise UnknownNameError(f"algorithm in {source}", algo, exc.valid) from None
+    if not isinstance(plan["configs"], dict) or set(plan["configs"]) != set(spec.algorithms):
+        bad(f"configs must be given for exactly the algorithms {spec.algorithms!r}")
+    if plan["address"] is not None and not isinstance(plan["address"], str):
+        bad(f"address must be a string or null, got {plan['address']!r}")
+    n = 1 if plan["mode"] == "final" else spec.budgets.search_trials
+    for algo in spec.algorithms:
+        cls = get_algorithm(algo)
+        configs = plan["configs"][algo]
+        if not isinstance(configs, list) or len(configs) != n:
+            bad(f"configs.{algo} must list {n} configuration(s) (budgets.search_trials in spec.yaml)")
+        for c in configs:
+            if not (isinstance(c, dict) and set(c) == {"config_id", "train", "params"}
+                    and isinstance(c["train"], dict) and isinstance(c["params"], dict)):
+                bad(f"configs.{algo}: each configuration is {{config_id, train, params}}, got {c!r}")
+            store.safe_name(c["config_id"], f"{source}: config id")
+            if not c["config_id"].startswith(f"{algo}-"):
+                bad(f"config id {c['config_id']!r} does not belong to algorithm {algo}")
+            TrainConfig.build(c["train"], owner=f"{source}: {c['config_id']}")
+            cls.Params.build(c["params"], owner=f"{source}: {c['config_id']}")
+        if len({c["config_id"] for c in configs}) != len(configs):
+            bad(f"configs.{algo}: config ids are not unique")
+    selected = plan["selected"]
+    if not isinstance(selected, dict) or (selected and plan["mode"] != "both"):
+        bad("selected must be an object, empty unless mode is both")
+    for algo, cid in selected.items():
+        if algo not in plan["configs"] or cid not in [c["config_id"] for c in plan["configs"][algo]]:
+            bad(f"selected {algo}: {cid!r} is not one of its planned configurations")
+
+
+def load_resumable(out_dir: Path) -> tuple[SweepSpec, dict]:
+    """The spec and plan of an interrupted sweep, checked before Ray sees the directory.
+
+    Only the harness's own files can be checked: ``spec.yaml`` and ``plan.json`` must parse and
+    agree, and ``env.json`` (written when a phase ends, with ``trials.csv``) must parse once
+    ``trials.csv`` exists or a configuration was selected. Ray Tune then restores its experiment
+    state under ``raw/`` by unpickling it: resume only directories you created."""
+    if not out_dir.is_dir():
+        raise ResultsError(f"--resume {out_dir}: no such directory")
+    spec = parse_spec(_read_data(out_dir / "spec.yaml", yaml.safe_load, "YAML"), str(out_dir / "spec.yaml"))
+    plan = _read_data(out_dir / "plan.json", json.loads, "JSON")
+    check_plan(plan, spec, str(out_dir / "plan.json"))
+    if (out_dir / "trials.csv").exists() or plan["selected"]:
+        env = _read_data(out_dir / "env.json", json.loads, "JSON")
+        if not isinstance(env, dict) or not isinstance(env.get("versions"), dict):
+            raise ResultsError(f"{out_dir / 'env.json'}: not the sweep's env.json (no 'versions' object)")
+    return spec, plan
+
+
 def resume_sweep(out_dir: Path, *, address: str | None = None, callbacks=(), argv=None,
                  log=sys.stderr) -> tuple[Path, int]:
     """Continue an interrupted sweep: finished trials are kept, unfinished ones continue."""
     out_dir = Path(out_dir).resolve()
-    if not (out_dir / "plan.json").exists() or not (out_dir / "spec.yaml").exists():
-        raise ConfigError(f"--resume {out_dir}: not a sweep results directory (no spec.yaml/plan.json)")
-    spec = parse_spec(yaml.safe_load((out_dir / "spec.yaml").read_text()), str(out_dir / "spec.yaml"))
-    plan = json.loads((out_dir / "plan.json").read_text())
+    spec, plan = load_resumable(out_dir)
     if address is not None:
         plan["address"] = address
+    print(f"resuming {out_dir}: Ray Tune restores its own state under {RAW}/ by unpickling it "
+          "(resume only directories you created)", file=log, flush=True)
     return out_dir, execute(out_dir, spec, plan, callbacks=callbacks, argv=argv, log=log)
 
 

@@ -281,7 +281,12 @@ class Trainer:
         }
 
     def load_checkpoint(self, path: Path) -> None:
-        ck = torch.load(path, map_location=self.device, weights_only=False)
+        """Restore from ``path``, read as data only (``store.load_torch``); anything else is refused."""
+        ck = store.load_torch(path, map_location=self.device)
+        missing = sorted(set(self.checkpoint()) - set(ck)) if isinstance(ck, dict) else [f"all ({type(ck).__name__})"]
+        if missing:
+            raise CreditbenchError(f"{path}: not a creditbench checkpoint (missing: {', '.join(missing)}); "
+                                   "use another --out directory")
         mine = {**self.resolved, "train": {**self.resolved["train"], "epochs": None}}
         theirs = {**ck["config"], "train": {**ck["config"]["train"], "epochs": None}}
         if mine != theirs:

@@ -119,3 +119,42 @@ def test_entry_point_plugin_class_is_registered(monkeypatch):
         assert get_algorithm("external-test") is External
     finally:
         ALGORITHMS.unregister("external-test")
+
+
+def test_origin_names_the_code_behind_each_algorithm(monkeypatch, capsys, digits):
+    """Built-in modules, and the distribution and version of an entry-point plugin, in `list` and summaries."""
+    import harness.registry as registry
+    from harness.cli import main
+    from harness.train import Trainer
+    from tests.conftest import tiny_trial
+
+    assert get_algorithm("fa").spec()["origin"] == {"kind": "built-in", "module": "algorithms.fa"}
+
+    class Thirdparty(Algorithm):
+        name = "thirdparty-test"
+        description = "from an installed distribution"
+        reference = "none"
+
+    class FakeDist:
+        name, version = "creditbench-extras", "9.8.7"
+
+    class FakeEP:
+        name, value, group, dist = "thirdparty-test", "extras.rule:Thirdparty", registry.ENTRY_POINT_GROUP, FakeDist()
+
+        def load(self):
+            return Thirdparty
+
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [FakeEP()])
+    try:
+        assert main(["list"]) == 0
+        out = capsys.readouterr().out
+        assert "code: entry point 'thirdparty-test = extras.rule:Thirdparty' of creditbench-extras 9.8.7" in out
+        assert "code: built-in (module algorithms.rfl)" in out
+        origin = {"kind": "entry-point", "entry_point": "thirdparty-test = extras.rule:Thirdparty",
+                  "distribution": "creditbench-extras", "version": "9.8.7", "module": Thirdparty.__module__}
+        assert get_algorithm("thirdparty-test").spec()["origin"] == origin
+    finally:
+        ALGORITHMS.unregister("thirdparty-test")
+    summary = Trainer(tiny_trial("bp", train={"epochs": 1}), data=digits).run(None, log=open("/dev/null", "w"))
+    assert summary["algorithm"]["origin"] == {"kind": "built-in", "module": "algorithms.bp"}

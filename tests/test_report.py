@@ -281,3 +281,17 @@ def test_epoch_table_consistency(dirs):
     last = e.groupby("trial_id")["epoch"].max()
     assert (last.reindex(t["trial_id"]).to_numpy() == t["epochs"].to_numpy()).all()
     assert np.isfinite(e["flops_total"]).all()
+
+
+def test_different_package_versions_are_flagged(dirs, tmp_path):
+    same = (tmp_path / "same")
+    build_report([dirs["only_bp"], dirs["only_fa"]], same, figures=False)
+    assert "different package versions" not in (same / "report.md").read_text()
+    older = copy_dir(dirs["only_fa"], tmp_path / "older",
+                     edit_env=lambda env: {**env, "versions": {**env["versions"], "torch": "2.13.0", "numpy": "1.0"}})
+    build_report([dirs["only_bp"], older], tmp_path / "mixed", figures=False)
+    text = (tmp_path / "mixed" / "report.md").read_text()
+    torch_version = json.loads((dirs["only_bp"] / "env.json").read_text())["versions"]["torch"]
+    warning = next(line for line in text.splitlines() if "different package versions" in line)
+    assert warning.startswith("> **Warning") and f"torch {torch_version} (`only_bp`) vs 2.13.0 (`older`)" in warning
+    assert "numpy" in warning and "ray" not in warning
