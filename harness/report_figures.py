@@ -280,6 +280,8 @@ def sensitivity(trials, spaces: dict, colours, reference, dataset, network, out:
 def _sensitivity_panel(ax, algo, name, sub, space, colour, final_ids):
     from matplotlib.ticker import NullFormatter
 
+    n_all = len(sub)
+    sub = sub[sub[f"hp.{name}"].notna()]  # a knob is recorded only in the trials where it acts
     raw = sub[f"hp.{name}"]
     x = pd.to_numeric(raw, errors="coerce")
     y = 100 * pd.to_numeric(sub["best_val_acc"], errors="coerce")
@@ -307,6 +309,8 @@ def _sensitivity_panel(ax, algo, name, sub, space, colour, final_ids):
         pad = (hi / lo) ** 0.05 if log and lo > 0 else None
         ax.set_xlim((lo / pad, hi * pad) if pad else (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)))
     where = f"searched: {space['kind']}" if space else "searched"
+    if len(sub) < n_all:
+        where += f"; acts in {len(sub)} of {n_all} trials"
     ax.set_xlabel(f"{name} ({where}" + (", log scale)" if log else ")"))
     ax.set_ylabel("best validation accuracy (%)")
     ax.set_title(algo, color=colour, fontweight="bold")
