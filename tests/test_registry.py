@@ -134,6 +134,7 @@ def test_origin_names_the_code_behind_each_algorithm(monkeypatch, capsys, digits
         name = "thirdparty-test"
         description = "from an installed distribution"
         reference = "none"
+        plausibility = FA_PLAUSIBILITY
 
     class FakeDist:
         name, version = "creditbench-extras", "9.8.7"
