@@ -16,7 +16,7 @@ RUN     ?=
 OUT     ?=
 TARGET  ?=
 
-.PHONY: install constraints test sweep report clean
+.PHONY: install constraints test sweep report clean mutants mutants-report
 
 # installs the exact versions pinned in constraints.txt (torch==2.14.1, torchvision==0.29.1, ...)
 install: $(STAMP)
@@ -50,4 +50,13 @@ sweep: install
 	  $(if $(EPOCHS),--epochs '$(EPOCHS)') $(if $(ADDRESS),--address '$(ADDRESS)')
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache mutants
+
+# make mutants [FILES="algorithms/fa.py harness/cost.py"] [MUTANTS_JOBS=2]: mutation testing with mutmut
+# (tools/mutants.py: per-mutant test selection, report of survivors); not part of `make test`
+FILES ?=
+mutants: install
+	nice -n 10 $(BIN)/python tools/mutants.py run $(FILES)
+
+mutants-report: install
+	$(BIN)/python tools/mutants.py report $(FILES)

@@ -38,7 +38,7 @@ class FeedbackAlignment(Algorithm):
         for layer in self.net.layers[1:]:
             w = layer.weight
             bound = self.hp.feedback_scale * math.sqrt(6.0 / (layer.fan_in + layer.fan_out))
-            self.B.append((torch.rand(w.shape, generator=self.gen, device=w.device) * 2 - 1) * bound)
+            self.B.append((torch.rand(w.shape, generator=self.gen, device=w.device, dtype=w.dtype) * 2 - 1) * bound)
 
     @torch.no_grad()
     def compute_update(self, x, y):

@@ -74,7 +74,7 @@ class LeakyReLU(Activation):
         return F.leaky_relu(a, self.slope)
 
     def deriv(self, a, h):
-        return torch.where(a > 0, 1.0, self.slope).to(a.dtype)
+        return torch.where(a > 0, torch.ones_like(a), self.slope)  # the slope in a's precision, not float32
 
     def inverse(self, h):
         return torch.where(h > 0, h, h / self.slope)

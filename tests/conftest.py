@@ -4,7 +4,26 @@ import pytest
 import torch
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# CREDITBENCH_TORCH_THREADS: set by `make mutants` (one thread per mutant worker)
+torch.set_num_threads(int(os.environ.get("CREDITBENCH_TORCH_THREADS", 0)) or min(2, os.cpu_count() or 1))
+
+
+def _names(code) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _names(const)
+    return names
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark every test whose own code uses ``Trainer`` (whole training trials, seconds each) as
+    ``trainer``: mutation runs leave them out (``-m "not trainer"`` in pyproject's [tool.mutmut])."""
+    for item in items:
+        fn = getattr(item, "function", None)
+        if fn is not None and "Trainer" in _names(fn.__code__):
+            item.add_marker(pytest.mark.trainer)
 
 
 @pytest.fixture(scope="session")

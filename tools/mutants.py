@@ -1,0 +1,240 @@
+"""Mutation testing of creditbench's numeric code with mutmut 3 (``make mutants``).
+
+    python tools/mutants.py run [FILE ...]      mutate, test, then print the report
+    python tools/mutants.py report [FILE ...]   the report of the last run only
+
+FILE is a path from ``SCOPE`` below (default: all of them). mutmut copies the sources into
+``mutants/`` (git-ignored), replaces every function by a trampoline that dispatches to the
+original or to one mutant, runs the selected tests once to record which test calls which
+function (``mutants/mutmut-stats.json``, kept between runs and extended when tests are added),
+and then tests each mutant with only the tests that call its function (``pytest -x``). The
+configuration (which files are mutated, which tests are used, process isolation) is in
+``[tool.mutmut]`` of pyproject.toml; this script adds three things mutmut 3 does not do:
+
+* **functions decorated with ``@torch.no_grad()`` or ``@contextmanager`` are mutated too.**
+  mutmut skips every decorated function (a decorator may have side effects when the copies it
+  makes for the trampoline are defined); for these two pure wrappers that rule would leave out
+  the core of fa, tp and dtp and the cost meter's phases. The decorator is kept on the
+  trampoline (so the call still runs under no_grad / as a context manager) and removed from
+  the original's and the mutants' copies, which the trampoline calls;
+* **function-level scope**: only parts of some files are in scope (``SCOPE``); mutants outside
+  it are generated but never run;
+* **the report**: killed / survived / timed out per file, each survivor with its diff, marked
+  *equivalent* when ``tests/equivalent_mutants.md`` explains why it cannot change a result.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# file → mangled function-name patterns in mutation scope (mutmut names a method xǁClassǁmethod,
+# a module-level function x_name)
+SCOPE: dict[str, list[str]] = {
+    "algorithms/bp.py": ["*"],
+    "algorithms/fa.py": ["*"],
+    "algorithms/tp.py": ["*"],
+    "algorithms/dtp.py": ["*"],
+    "algorithms/rfl.py": ["*"],
+    "harness/cost.py": ["*"],
+    "harness/metrics.py": ["*"],
+    # layers and activations
+    "harness/networks.py": [f"xǁ{cls}ǁ*" for cls in
+                            ("Activation", "Tanh", "LeakyReLU", "ReLU", "Identity", "Layer", "Linear", "Conv",
+                             "Network")],
+    "harness/algorithm.py": ["x_output_error__*"],
+}
+EQUIVALENT = ROOT / "tests" / "equivalent_mutants.md"
+PURE_DECORATORS = {"torch.no_grad()", "contextmanager"}
+KILLED = {"killed", "timeout", "caught by type check"}
+
+
+def module_of(path: str) -> str:
+    return path[:-3].replace("/", ".")
+
+
+def patterns_for(files: list[str]) -> list[str]:
+    return [f"{module_of(f)}.{p}" for f in files for p in SCOPE[f]]
+
+
+def in_scope(key: str, file: str) -> bool:
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns_for([file]))
+
+
+# ---------------------------------------------------------------------------------- mutmut patches
+def patch_mutmut() -> None:
+    """Let mutmut mutate functions whose only decorators are pure wrappers (see the module docstring)."""
+    import libcst as cst
+    from libcst.metadata import PositionProvider
+    from mutmut.mutation import file_mutation as fm
+
+    def pure(function) -> bool:
+        return bool(function.decorators) and all(
+            cst.Module([]).code_for_node(d.decorator) in PURE_DECORATORS for d in function.decorators)
+
+    skip = fm.MutationVisitor._skip_node_and_children
+
+    def skip_node_and_children(self, node) -> bool:
+        if isinstance(node, cst.FunctionDef) and pure(node):  # mutmut's other rules for functions
+            pos = self.get_metadata(PositionProvider, node, None)
+            if pos and pos.start.line in self._ignored_node_lines:
+                self.ignored_functions.add(node.name.value)
+                return True
+            return node in self._enum_creation_hooks or node.name.value in fm.NEVER_MUTATE_FUNCTION_NAMES
+        return skip(self, node)
+
+    arrange = fm.function_trampoline_arrangement
+
+    def function_trampoline_arrangement(function, mutants, class_name):
+        decl, nodes, assign, names = arrange(function, mutants, class_name)
+        if pure(function):  # nodes[0] is the trampoline; the copies it calls lose the decorator
+            nodes = [nodes[0], *(n.with_changes(decorators=[]) for n in nodes[1:])]
+        return decl, nodes, assign, names
+
+    fm.MutationVisitor._skip_node_and_children = skip_node_and_children
+    fm.function_trampoline_arrangement = function_trampoline_arrangement
+
+
+# ---------------------------------------------------------------------------------- report
+def load_equivalent() -> dict[str, str]:
+    """Mutant name → reason, from the table rows ``| `name` | reason |`` of tests/equivalent_mutants.md."""
+    if not EQUIVALENT.exists():
+        return {}
+    rows = re.findall(r"^\|\s*`([^`]+__mutmut_\d+)`\s*\|\s*(.+?)\s*\|\s*$", EQUIVALENT.read_text(), re.M)
+    return dict(rows)
+
+
+def load_results(files: list[str]) -> dict[str, dict[str, str]]:
+    from mutmut.stats import status_by_exit_code
+
+    out = {}
+    for f in files:
+        meta = ROOT / "mutants" / (f + ".meta")
+        codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+        out[f] = {k: status_by_exit_code[v] for k, v in sorted(codes.items()) if in_scope(k, f)}
+    return out
+
+
+def diff_of(name: str) -> str:
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    try:
+        diff = get_diff_for_mutant(name)
+    except Exception as e:  # a stale name (the function changed since): the report still prints
+        return f"    (no diff: {e})"
+    lines = [ln for ln in diff.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    return "\n".join("    " + ln for ln in lines)
+
+
+def report(files: list[str], *, seconds: float | None = None, diffs: bool = True) -> int:
+    os.chdir(ROOT)
+    results, equivalent = load_results(files), load_equivalent()
+    unexplained = 0
+    header = f"{'file':24} {'mutants':>7} {'killed':>7} {'timeout':>7} {'survived':>8} {'equiv.':>6} {'other':>6} {'score':>7}"
+    lines = [header, "-" * len(header)]
+    survivors = []
+    for f, res in results.items():
+        n = len(res)
+        killed = sum(s == "killed" for s in res.values())
+        timeout = sum(s == "timeout" for s in res.values())
+        surv = [k for k, s in res.items() if s == "survived"]
+        eq = [k for k in surv if k in equivalent]
+        other = n - killed - timeout - len(surv)
+        score = f"{100 * (killed + timeout) / n:6.1f}%" if n else "     -"
+        lines.append(f"{f:24} {n:7} {killed:7} {timeout:7} {len(surv):8} {len(eq):6} {other:6} {score:>7}")
+        survivors += [(f, k, res[k]) for k, s in res.items() if s not in KILLED]
+    print("\n".join(lines))
+    print("score = (killed + timed out) / mutants; equiv. = survivors explained in tests/equivalent_mutants.md;"
+          " other = no tests / not checked / suspicious")
+    if survivors:
+        print("\nmutants not killed:")
+        for f, k, s in survivors:
+            tag = "equivalent: " + equivalent[k] if k in equivalent else s.upper()
+            unexplained += k not in equivalent and not f.endswith("rfl.py")
+            print(f"  {k}  [{tag}]")
+            if diffs and k not in equivalent:
+                print(diff_of(k))
+    stale = sorted(set(equivalent) - {k for r in results.values() for k in r})
+    if stale and len(files) == len(SCOPE):
+        print("\nlisted in tests/equivalent_mutants.md but no longer generated (update the list):", *stale, sep="\n  ")
+    if seconds is not None:
+        print(f"\nmutation run: {seconds:.0f} s")
+    print(f"{unexplained} survivor(s) outside rfl.py neither killed nor listed as equivalent")
+    return unexplained
+
+
+# ---------------------------------------------------------------------------------- main
+class QuietTail:
+    """Passes mutmut's output through up to its per-mutant listing (one line per mutant, which the
+    report below replaces)."""
+
+    def __init__(self, out):
+        self.out, self.quiet = out, False
+
+    def write(self, text: str) -> int:
+        if "Mutant results" in text:
+            self.quiet = True
+        return len(text) if self.quiet else self.out.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.out, name)
+
+
+def parse_files(args: list[str]) -> list[str]:
+    files = [a.removeprefix("./") for a in args] or list(SCOPE)
+    bad = [f for f in files if f not in SCOPE]
+    if bad:
+        sys.exit(f"error: not in the mutation scope: {', '.join(bad)}; valid: {', '.join(SCOPE)} "
+                 "(a new file needs an entry in SCOPE of tools/mutants.py and in [tool.mutmut] only_mutate)")
+    return files
+
+
+def check_config() -> None:
+    from mutmut.configuration import config
+
+    only = config().only_mutate
+    missing = [f for f in SCOPE if not any(fnmatch.fnmatchcase(f, p) for p in only)]
+    if missing:
+        sys.exit(f"error: [tool.mutmut] only_mutate in pyproject.toml does not cover {', '.join(missing)}")
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("run", "report"):
+        print(__doc__)
+        return 2
+    os.chdir(ROOT)
+    files = parse_files(argv[1:])
+    if argv[0] == "report":
+        report(files)
+        return 0
+    check_config()
+    patch_mutmut()
+    os.environ.setdefault("CREDITBENCH_TORCH_THREADS", "1")  # tests/conftest.py: one thread per mutant worker
+    jobs = os.environ.get("MUTANTS_JOBS", "2")
+    from mutmut.__main__ import cli
+
+    t0 = time.perf_counter()
+    stdout, sys.stdout = sys.stdout, QuietTail(sys.stdout)
+    try:
+        cli.main(["run", "--max-children", jobs, *patterns_for(files)], prog_name="mutmut", standalone_mode=False)
+    except SystemExit as e:
+        if e.code:
+            return int(e.code)
+    finally:
+        sys.stdout = stdout
+    report(files, seconds=time.perf_counter() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
