@@ -174,6 +174,7 @@ class Algorithm:
     @classmethod
     def spec(cls) -> dict:
         """A JSON-serialisable description, saved with every result (``origin``: where its code comes from)."""
+        from harness.provenance import source_sha256
         from harness.registry import algorithm_origin
 
         return {
@@ -184,6 +185,7 @@ class Algorithm:
             "capabilities": cls.capabilities.to_dict(),
             "hyperparameters": cls.Params.describe(),
             "origin": algorithm_origin(cls),
+            **source_sha256(cls),
         }
 
 

@@ -15,7 +15,6 @@ phase is not attributed. Phases nest: the innermost one gets the work.
 from __future__ import annotations
 
 import math
-import resource
 import time
 from contextlib import contextmanager
 
@@ -127,6 +126,7 @@ class CostMeter:
         self._current: dict[str, int] = {}  # FLOPs of the update in progress, by phase
         self._cur_ns: dict[str, int] = {}  # its wall time, by phase
         self._cuda_events: list = []
+        self.memory = MemoryWatch(self.device)
 
     # ------------------------------------------------------------------ phases
     def _flush(self) -> None:
@@ -240,7 +240,7 @@ class CostMeter:
                 p: self._amortised({k: float(np.mean(v[p])) / 1e9 for k, v in self.phase_ns.items() if v[p]})
                 for p in PHASES}
         out["update_mix"] = dict(self.mix)
-        out["peak_memory_bytes"] = peak_memory_bytes(self.device)
+        out["peak_memory_bytes"] = self.memory.peak_bytes()
         return out
 
     def state_dict(self) -> dict:
@@ -248,7 +248,8 @@ class CostMeter:
         return {"updates_seen": self.updates_seen, "kind_updates": dict(self.kind_updates),
                 "kind_flops": {k: dict(v) for k, v in self.kind_flops.items()},
                 "step_ns": {k: list(v) for k, v in self.step_ns.items()},
-                "phase_ns": {k: {p: list(v) for p, v in d.items()} for k, d in self.phase_ns.items()}}
+                "phase_ns": {k: {p: list(v) for p, v in d.items()} for k, d in self.phase_ns.items()},
+                "peak_memory_bytes": self.memory.peak_bytes()}
 
     def load_state_dict(self, state: dict) -> None:
         self.updates_seen = state["updates_seen"]
@@ -256,13 +257,50 @@ class CostMeter:
         self.kind_flops = {k: dict(v) for k, v in state["kind_flops"].items()}
         self.step_ns = {k: list(v) for k, v in state["step_ns"].items()}
         self.phase_ns = {k: {p: list(v) for p, v in d.items()} for k, d in state["phase_ns"].items()}
+        self.memory.carried = state.get("peak_memory_bytes")
 
 
-def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA: the allocator's peak; CPU: the process's peak resident set size."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+def _rss_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class MemoryWatch:
+    """Peak memory of one trial. CUDA: the allocator's peak since the trial started (stats reset).
+    CPU (Linux): the rise of the process's peak resident set size (VmHWM, reset through
+    /proc/self/clear_refs) over its resident size when the trial started, i.e. what the trial's
+    network, algorithm state, optimizer and activations added on top of the process (and the dataset
+    loaded before it). Elsewhere None: a lifetime peak of a reused process is not a per-trial figure."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.start_kib: int | None = None
+        self.carried: int | None = None  # the peak before a resume (from the checkpoint)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current resident set size
+            self.start_kib = _rss_kib("VmRSS")
+        except OSError:
+            self.start_kib = None
+
+    def peak_bytes(self) -> int | None:
+        if self.device.type == "cuda":
+            now = int(torch.cuda.max_memory_allocated(self.device))
+        else:
+            hwm = _rss_kib("VmHWM")
+            if self.start_kib is None or hwm is None:
+                return None
+            now = max(0, hwm - self.start_kib) * 1024
+        return max(now, self.carried or 0)
 
 
 class NullMeter:

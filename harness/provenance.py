@@ -24,8 +24,11 @@ def git_commit() -> dict:
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:
             return {"commit": None, "dirty": None}
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
-        return {"commit": head.stdout.strip(), "dirty": dirty}
+        # untracked (not ignored) files count: an untracked algorithms/x.py is code the commit lacks
+        changes = git("status", "--porcelain", "--untracked-files=all").stdout.splitlines()
+        untracked = sorted(line[3:] for line in changes if line.startswith("??"))
+        return {"commit": head.stdout.strip(), "dirty": bool(changes), "untracked": untracked[:50],
+                "modified": sum(1 for line in changes if not line.startswith("??"))}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 
@@ -39,6 +42,32 @@ def versions() -> dict:
         except PackageNotFoundError:
             out[name] = None
     return out
+
+
+def source_sha256(cls) -> dict:
+    """SHA-256 of the source files that define an algorithm class: its module and those of its bases
+    up to (not including) the harness's own ``Algorithm``; so a result can be matched to its code
+    without git."""
+    import hashlib
+    import inspect
+
+    files = []
+    for klass in cls.__mro__:
+        module = getattr(klass, "__module__", "")
+        if module.startswith("harness.") or module == "builtins":
+            continue
+        try:
+            path = inspect.getsourcefile(klass)
+        except TypeError:
+            continue
+        if path and path not in files:
+            files.append(path)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(Path(path).read_bytes())
+    return {"source_sha256": digest.hexdigest(),
+            "source_files": [str(Path(f).resolve().relative_to(REPO)) if Path(f).resolve().is_relative_to(REPO)
+                             else str(f) for f in files]}
 
 
 def device_info(device: torch.device) -> dict:

@@ -3,7 +3,7 @@
 A results directory holds:
 
 * ``trials.csv`` — one row per trial: ``trial_id, phase, config_id, algo, algo_version, dataset,
-  network, seed, status, stop_reason, epochs, best_epoch, best_val_acc, test_acc,
+  dataset_fingerprint, network, seed, status, stop_reason, epochs, best_epoch, best_val_acc, test_acc,
   final_test_acc, updates, flops_per_update, flops_per_update_<phase>, seconds_per_update (the
   amortised mean: sleep phases included), seconds_per_update_median/_p10/_p90, peak_memory_bytes,
   wall_time_s, pretrain_flops``, the plausibility record as ``plausibility.<field>``, then every
@@ -24,7 +24,8 @@ import pandas as pd
 
 from harness.cost import PHASES
 
-TRIAL_KEYS = ("trial_id", "phase", "config_id", "algo", "algo_version", "dataset", "network", "seed")
+TRIAL_KEYS = ("trial_id", "phase", "config_id", "algo", "algo_version", "dataset", "dataset_fingerprint", "network",
+              "seed")
 SUMMARY_METRICS = (
     "status", "stop_reason", "epochs", "best_epoch", "best_val_acc", "test_acc", "final_test_acc", "updates",
     "seconds_per_update", "seconds_per_update_median", "seconds_per_update_p10", "seconds_per_update_p90",

@@ -563,7 +563,9 @@ def _env(spec: SweepSpec, rows: list[dict], started: float, argv: list[str] | No
     env["command"] = argv
     env["ray"] = {"cluster_resources": ray.cluster_resources() if ray.is_initialized() else None}
     fps = sorted({r.get("dataset_fingerprint") for r in rows if r.get("dataset_fingerprint")})
-    env["dataset"] = {"name": spec.dataset, "fingerprints": fps}
+    if len(fps) > 1:
+        raise CreditbenchError(f"trials of one sweep saw different data for {spec.dataset}: fingerprints {fps}")
+    env["dataset"] = {"name": spec.dataset, "fingerprints": {spec.dataset: fps[0]} if fps else {}}
     env["sweep_wall_time_s"] = time.time() - started
     return env
 

@@ -71,7 +71,7 @@ def test_trial_reports_finite_metrics_and_cost(name, digits):
     flops = summary["flops_per_update"]
     assert flops["forward"] > 0 and flops["credit"] > 0
     assert flops["total"] == pytest.approx(flops["forward"] + flops["credit"] + flops["feedback"])
-    assert summary["seconds_per_update"] > 0 and summary["peak_memory_bytes"] > 0
+    assert summary["seconds_per_update"] > 0 and summary["peak_memory_bytes"] >= 0
     assert 0 <= summary["test_acc"] <= 1 and summary["config"]["params"] == get_algorithm(name).Params().active_dump()
     assert all(0 <= a <= 180 for a in summary["angles"].values()) and len(summary["angles"]) == 3
     assert summary["env"]["versions"]["torch"] and summary["dataset_fingerprint"] == digits.fingerprint

@@ -141,3 +141,20 @@ def test_in_place_elementwise_work_is_counted():
         a.add_(1)
         a.lerp_(torch.zeros(10, 20), 0.5)
     assert meter.flops_by_phase["feedback"] == 3 * 200
+
+
+def test_peak_memory_is_the_trials_own():
+    """A trial's peak is what it adds over the process at its start, not the process's lifetime peak."""
+    first = CostMeter()
+    big = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, touched
+    assert first.summary()["peak_memory_bytes"] >= 60 * 2 ** 20
+    del big
+    second = CostMeter()  # a later trial in the same (reused) process
+    small = torch.ones(4 * 2 ** 20 // 4)
+    peak = second.summary()["peak_memory_bytes"]
+    assert 3 * 2 ** 20 <= peak < 32 * 2 ** 20
+    del small
+    state = second.state_dict()
+    resumed = CostMeter()
+    resumed.load_state_dict(state)
+    assert resumed.summary()["peak_memory_bytes"] >= 0.9 * peak  # carried across a resume (RSS counters are batched)

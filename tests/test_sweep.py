@@ -103,6 +103,27 @@ def test_sweep_tables_have_exact_rows_and_columns(two_sweeps):
     assert resolved.algorithms == ALGOS and resolved.seeds == [0, 1]
 
 
+def test_sweeps_record_the_dataset_fingerprint_and_refuse_to_combine_different_data(two_sweeps, digits, tmp_path,
+                                                                                     capsys):
+    import json
+    import shutil
+
+    out = two_sweeps[0]
+    env = json.loads((out / "env.json").read_text())
+    assert env["dataset"]["fingerprints"] == {"digits": digits.fingerprint}
+    assert set(pd.read_csv(out / "trials.csv", dtype={"dataset_fingerprint": str}).dataset_fingerprint) == {
+        digits.fingerprint}
+    assert cli.main(["report", str(out), str(two_sweeps[1]), "--out", str(tmp_path / "ok"), "--no-figures"]) == 0
+    other = tmp_path / "other-data"  # the same sweep as if it had run on other data
+    shutil.copytree(out, other, ignore=shutil.ignore_patterns("raw"))
+    env["dataset"]["fingerprints"] = {"digits": "0" * 16}
+    (other / "env.json").write_text(json.dumps(env))
+    capsys.readouterr()
+    assert cli.main(["report", str(out), str(other), "--out", str(tmp_path / "bad"), "--no-figures"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "fingerprint" in err and "\n" not in err and not (tmp_path / "bad" / "report.md").exists()
+
+
 def test_final_seeds_share_the_best_search_configuration(two_sweeps):
     trials = pd.read_csv(two_sweeps[0] / "trials.csv")
     hp = [c for c in trials.columns if c.startswith("hp.") and c not in ("hp.epochs", "hp.patience")]

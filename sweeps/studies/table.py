@@ -1,0 +1,88 @@
+"""Tables of a study run by sweeps/studies/run.sh (reads only summary.json and epochs.csv).
+
+usage: .venv/bin/python sweeps/studies/table.py [results/studies/rfl-issue10] [--reference bp-s0]
+Prints, per trial: test accuracy (best-validation epoch), best validation accuracy, FLOPs per update
+(total, feedback) and wall time per update as ratios to the reference trial, feedback iterations per
+update, and the last epoch's rfl diagnostics (mean over layers l ≥ 2 of the angle of Q to W⁺ and to
+Wᵀ, max pseudoinverse residual, contraction) with the per-layer angle of the update to bp at epochs 1
+and last; then updates and FLOPs to reach the fa trials' mean best validation accuracy.
+Wall-time ratios are only meaningful when the trials ran on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+
+def load(root: Path) -> dict[str, tuple[dict, pd.DataFrame]]:
+    out = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (d / "summary.json").exists() and (d / "epochs.csv").exists():
+            out[d.name] = (json.loads((d / "summary.json").read_text()), pd.read_csv(d / "epochs.csv"))
+    return out
+
+
+def _mean(row: pd.Series, prefix: str) -> float:
+    vals = [v for k, v in row.items() if k.startswith(prefix) and isinstance(v, float) and math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _angles(row: pd.Series) -> str:
+    cols = sorted((c for c in row.index if c.startswith("angle_l") and c[7:].isdigit()), key=lambda c: int(c[7:]))
+    return "/".join(f"{row[c]:.0f}" for c in cols)
+
+
+def trial_table(trials, reference: str) -> pd.DataFrame:
+    ref = trials[reference][0]
+    rows = []
+    for name, (s, ep) in trials.items():
+        flops = s.get("flops_per_update") or {}
+        last, first = ep.iloc[-1], ep.iloc[0]
+        rows.append({
+            "trial": name, "epochs": s["epochs"], "status": s["status"], "test_acc": s["test_acc"],
+            "best_val": s["best_val_acc"], "last_val": last["val_acc"],
+            "flops/upd (M)": flops.get("total", float("nan")) / 1e6,
+            "x bp flops": flops.get("total", float("nan")) / ref["flops_per_update"]["total"],
+            "feedback (M)": flops.get("feedback", float("nan")) / 1e6,
+            "x bp time": s["seconds_per_update"] / ref["seconds_per_update"],
+            "fb iters/upd": last.get("feedback_iters_per_update", float("nan")),
+            "∠Q,W⁺": _mean(last, "angle_q_pinv_l"), "∠Q,Wᵀ": _mean(last, "angle_q_wt_l"),
+            "pinv res": last.get("pinv_residual", float("nan")), "ρ": last.get("contraction", float("nan")),
+            "∠bp ep1": _angles(first), "∠bp last": _angles(last),
+        })
+    return pd.DataFrame(rows)
+
+
+def to_target(trials, target: float) -> pd.DataFrame:
+    rows = []
+    for name, (s, ep) in trials.items():
+        hit = ep[ep["val_acc"] >= target]
+        first = hit.iloc[0] if len(hit) else None
+        rows.append({"trial": name, "target val": target,
+                     "updates": int(first["updates"]) if first is not None else None,
+                     "GFLOPs": first["flops_total"] / 1e9 if first is not None else None})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("root", nargs="?", default="results/studies/rfl-issue10")
+    ap.add_argument("--reference", default="bp-s0")
+    args = ap.parse_args()
+    trials = load(Path(args.root))
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_columns", 30)
+    print(trial_table(trials, args.reference).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    fa = [s["best_val_acc"] for n, (s, _) in trials.items() if n.startswith("fa-")]
+    if fa:
+        print()
+        print(to_target(trials, sum(fa) / len(fa)).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+if __name__ == "__main__":
+    main()
