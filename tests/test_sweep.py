@@ -113,10 +113,15 @@ def test_sweeps_record_the_dataset_fingerprint_and_refuse_to_combine_different_d
     assert env["dataset"]["fingerprints"] == {"digits": digits.fingerprint}
     assert set(pd.read_csv(out / "trials.csv", dtype={"dataset_fingerprint": str}).dataset_fingerprint) == {
         digits.fingerprint}
-    assert cli.main(["report", str(out), str(two_sweeps[1]), "--out", str(tmp_path / "ok"), "--no-figures"]) == 0
-    other = tmp_path / "other-data"  # the same sweep as if it had run on other data
+    other = tmp_path / "other-seeds"  # the same sweep with other seeds: combinable with the first
     shutil.copytree(out, other, ignore=shutil.ignore_patterns("raw"))
-    env["dataset"]["fingerprints"] = {"digits": "0" * 16}
+    for table in ("trials.csv", "epochs.csv"):
+        frame = pd.read_csv(other / table, dtype={"dataset_fingerprint": str})
+        frame["seed"] += 100
+        frame["trial_id"] = frame["trial_id"] + "-copy"
+        frame.to_csv(other / table, index=False)
+    assert cli.main(["report", str(out), str(other), "--out", str(tmp_path / "ok"), "--no-figures"]) == 0
+    env["dataset"]["fingerprints"] = {"digits": "0" * 16}  # ... as if it had run on other data
     (other / "env.json").write_text(json.dumps(env))
     capsys.readouterr()
     assert cli.main(["report", str(out), str(other), "--out", str(tmp_path / "bad"), "--no-figures"]) == 2
