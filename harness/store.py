@@ -14,7 +14,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from harness.errors import CheckpointError, ConfigError
@@ -70,7 +69,7 @@ def write_json(path: Path, obj) -> None:
     write_text(path, to_json(obj, indent=2) + "\n")
 
 
-def write_csv(path: Path, frame: pd.DataFrame) -> None:
+def write_csv(path: Path, frame: "pd.DataFrame") -> None:
     write_text(path, frame.to_csv(index=False))
 
 
