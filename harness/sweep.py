@@ -559,8 +559,8 @@ def _trial_columns(rows: list[dict]) -> list[str]:
 def write_tables(out_dir: Path, rows: list[dict], epochs: list[dict]) -> None:
     import pandas as pd
 
-    store.write_csv(out_dir / "trials.csv", pd.DataFrame(rows, columns=_trial_columns(rows)))
-    store.write_csv(out_dir / "epochs.csv", pd.DataFrame(epochs))
+    store.write_table(out_dir / "trials.csv", pd.DataFrame(rows, columns=_trial_columns(rows)))  # + .parquet
+    store.write_table(out_dir / "epochs.csv", pd.DataFrame(epochs))
 
 
 def _env(spec: SweepSpec, rows: list[dict], started: float, argv: list[str] | None) -> dict:
