@@ -1,6 +1,6 @@
 """Sweeps with Ray Tune: every registered algorithm, the same budgets and seeds, two phases.
 
-Protocol (DESIGN.md): a *search* phase (``budgets.search_trials`` configurations per algorithm,
+Protocol (docs/design.md): a *search* phase (``budgets.search_trials`` configurations per algorithm,
 drawn first with a seeded sampler from the algorithm's search space, one seed each), then a
 *final* phase (each algorithm's best configuration by validation accuracy × every seed,
 trained to convergence: patience/min_delta on validation accuracy, at most
