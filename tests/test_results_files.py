@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pandas as pd
 import pytest
 
 from harness import store
+
+from tests.test_sweep import ray_session, write_spec  # noqa: F401  (ray_session: a fixture)
 
 pyarrow = pytest.importorskip("pyarrow")  # optional: without it only the CSVs are written
 
@@ -39,12 +42,11 @@ def test_sweep_writes_parquet_tables_and_tensorboard_events(tmp_path):
     """One tiny sweep (bp, one search configuration, one seed): trials/epochs as CSV and Parquet; Ray Tune's
     TensorBoard logger writes event files under raw/tune/<phase>/<trial>/ (tensorboardX is in the venv)."""
     pytest.importorskip("tensorboardX")
-    from tests.test_sweep import ray_session, write_spec  # noqa: F401  (ray_session: a fixture)
-
     from harness.sweep import SweepOptions, new_sweep
 
     spec = write_spec(tmp_path, algorithms=["bp"], seeds=1, budgets={"search_trials": 1})
-    out, code = new_sweep(SweepOptions(spec=str(spec), results_root=tmp_path / "results"))
+    # log: harness.sweep's default (sys.stderr bound when it was first imported) may be a closed capture
+    out, code = new_sweep(SweepOptions(spec=str(spec), results_root=tmp_path / "results"), log=sys.stderr)
     assert code == 0
     for name in ("trials", "epochs"):
         csv, parquet = pd.read_csv(out / f"{name}.csv"), pd.read_parquet(out / f"{name}.parquet")
