@@ -1,5 +1,6 @@
 # creditbench — set-up, tests, sweeps and reports.
-PYTHON ?= python3
+# Python 3.11: constraints.txt pins versions resolved and tested on CPython 3.11 (pyproject: >=3.11,<3.12)
+PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -23,6 +24,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "error: $(VENV) has Python %d.%d; creditbench needs 3.11 (make clean, then make install PYTHON=python3.11)" % sys.version_info[:2])'
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 

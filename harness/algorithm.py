@@ -1,4 +1,4 @@
-"""The plugin contract: what an algorithm is (see DESIGN.md, "Plugin contract").
+"""The plugin contract: what an algorithm is (docs/design.md, "Plugin contract"; docs/plugins.md).
 
 An algorithm subclasses :class:`Algorithm`, declares ``name``, ``description``,
 ``reference``, ``version`` (bump it whenever the update rule changes), its hyperparameters

@@ -1,13 +1,20 @@
-"""The ``creditbench`` command: list, train, sweep, report."""
+"""The ``creditbench`` command: list, train, sweep, report, new-algorithm.
+
+``list``, ``train`` and ``new-algorithm`` never import the sweep and report modules (Ray, pandas,
+SciPy, matplotlib): the parser registers ``sweep`` and ``report`` only when one of them, or the
+top-level ``--help``, is asked for.
+"""
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness.errors import CreditbenchError
+from harness.errors import ConfigError, CreditbenchError
 
 RESULTS = Path("results")
 
@@ -16,11 +23,129 @@ def utc_stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def _print_params(params, indent: str) -> None:
-    for row in params.describe():
-        bounds = f", {row['bounds']}" if row["bounds"] else ""
-        search = f"  search={row['search']}" if row["search"] else ""
-        print(f"{indent}{row['name']} = {row['default']!r} ({row['type']}{bounds}): {row['doc']}{search}")
+# ------------------------------------------------------------------------------------- parser
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless the help already states it; flags (whose
+    default is "off") and positional arguments are left as they are."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default is argparse.SUPPRESS or action.required \
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return text
+        shown = "none" if action.default is None else "%(default)s"
+        return f"{text} (default: {shown})" if text else f"default: {shown}"
+
+
+class Parser(argparse.ArgumentParser):
+    """One-line ``error: …`` (exit status 2, as every other bad input) instead of argparse's usage dump."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+class DeviceChoices:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``: argparse accepts any container as ``choices``."""
+
+    shown = ("auto", "cpu", "cuda", "cuda:N")
+    pattern = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+    def __contains__(self, value) -> bool:
+        return isinstance(value, str) and self.pattern.fullmatch(value) is not None
+
+    def __iter__(self):
+        return iter(self.shown)
+
+
+def dataset_names() -> list[str]:
+    import harness.datasets  # noqa: F401  (registers the datasets)
+    from harness.registry import DATASETS
+
+    return DATASETS.names()
+
+
+def registered_dataset(name: str) -> str:
+    """argparse ``type``: a registered dataset id, else the registry's error with its "did you mean"."""
+    import harness.datasets  # noqa: F401
+    from harness.registry import DATASETS
+
+    DATASETS.get(name)
+    return name
+
+
+def algorithm_names() -> list[str]:
+    from harness.registry import algorithm_names as names
+
+    return names()
+
+
+def registered_algorithm(name: str) -> str:
+    """argparse ``type``: a registered algorithm id, else the registry's error with its "did you mean"."""
+    from harness.registry import get_algorithm
+
+    get_algorithm(name)
+    return name
+
+
+# ------------------------------------------------------------------------------------- list
+def format_search(search: dict | None) -> str:
+    """``{"kind": "loguniform", "low": 1e-4, "high": 1e-2}`` → ``loguniform(0.0001, 0.01)``."""
+    if not search:
+        return "-"
+    if search["kind"] == "choice":
+        return f"choice({', '.join(map(_value, search['values']))})"
+    return f"{search['kind']}({_value(search['low'])}, {_value(search['high'])})"
+
+
+def _value(v) -> str:
+    """Numbers as a person writes them: 0.5, 100, 1e-4, 1e6."""
+    if isinstance(v, float) and v != 0 and not (1e-3 <= abs(v) < 1e5):
+        mantissa, exp = f"{v:.3e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exp)}"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def format_range(row: dict) -> str:
+    """The type and valid range: ``float > 0, ≤ 1000``; ``recirculation | exact``; ``int``."""
+    if row["type"].startswith("one of "):
+        return " | ".join(row["type"][len("one of "):].split("|"))
+    symbols = {"gt": ">", "ge": "≥", "lt": "<", "le": "≤"}
+    parts = [f"{symbols[k]} {_value(v)}" for k, v in row["bounds"].items()]
+    return row["type"] + (" " + ", ".join(parts) if parts else "")
+
+
+def _table(rows: list[list[str]], indent: str) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths))).rstrip() for r in rows]
+
+
+def params_lines(params, indent: str) -> list[str]:
+    """Aligned columns (name, default, type and range, search space), then each one's doc and condition."""
+    from harness.hparams import describe_when
+
+    described = params.describe()
+    if not described:
+        return [f"{indent}(no hyperparameters of its own)"]
+    rows = [["hyperparameter", "default", "values", "search"]]
+    rows += [[r["name"], _value(r["default"]), format_range(r), format_search(r["search"])] for r in described]
+    out = []
+    table = _table(rows, indent)
+    out.append(table[0])
+    for line, r in zip(table[1:], described):
+        out.append(line)
+        doc = r["doc"] + (f"; only when {describe_when(r['when'])}" if r["when"] else "")
+        out.append(f"{indent}    {doc}")
+    return out
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def cmd_list(args) -> int:
@@ -28,25 +153,75 @@ def cmd_list(args) -> int:
     from harness.registry import ALGORITHMS, DATASETS, NETWORKS, algorithm_origin, describe_origin, load_plugins
 
     load_plugins()
-    print("algorithms:")
-    for name in ALGORITHMS:
+    patterns = args.patterns
+    algos = [n for n in ALGORITHMS.names() if _matches(n, patterns)]
+    datasets = [n for n in DATASETS.names() if _matches(n, patterns)]
+    networks = [n for n in NETWORKS.names() if _matches(n, patterns)]
+    training = not patterns or any(fnmatch.fnmatchcase("training", p) for p in patterns)
+    if patterns and not (algos or datasets or networks or training):
+        from harness.errors import UnknownNameError
+
+        raise UnknownNameError("algorithm, dataset or network (pattern)", " ".join(patterns),
+                               ALGORITHMS.names() + DATASETS.names() + NETWORKS.names())
+    if args.json:
+        import json
+
+        payload = {
+            "algorithms": [ALGORITHMS.get(n).spec() for n in algos],
+            "training": TrainConfig.describe() if training else [],
+            "datasets": [{"name": n, **_dataset_dict(DATASETS.get(n))} for n in datasets],
+            "networks": [{"name": n, "description": NETWORKS.get(n).description} for n in networks],
+        }
+        print(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
+        return 0
+    lines: list[str] = []
+    if algos:
+        lines.append("algorithms:")
+    for name in algos:
         cls = ALGORITHMS.get(name)
         caps = cls.capabilities.to_dict()
-        print(f"  {name} (v{cls.version}): {cls.description}")
-        print(f"      reference: {cls.reference}")
-        print(f"      code: {describe_origin(algorithm_origin(cls))}")
-        print(f"      capabilities: layers={','.join(caps['layers'])} activations={caps['activations'] if isinstance(caps['activations'], str) else ','.join(caps['activations'])}"
-              f" needs_invertible={caps['needs_invertible']}")
-        _print_params(cls.Params, "      ")
-    print("training hyperparameters (shared by every algorithm):")
-    _print_params(TrainConfig, "  ")
-    print("datasets:")
-    for name in DATASETS:
-        spec = DATASETS.get(name)
-        print(f"  {name}: {spec.description}; input {spec.input_shape}, {spec.num_classes} classes, default network {spec.default_network}")
-    print("networks (or any mlp-<depth>x<width>-<activation>, activation in tanh, leaky-relu, relu, linear):")
-    for name in NETWORKS:
-        print(f"  {name}: {NETWORKS.get(name).description}")
+        acts = caps["activations"] if isinstance(caps["activations"], str) else ", ".join(caps["activations"])
+        lines.append(f"  {name} (v{cls.version}): {cls.description}")
+        lines += _table([["reference:", cls.reference],
+                         ["code:", describe_origin(algorithm_origin(cls))],
+                         ["supports:", f"layers {', '.join(caps['layers'])}; activations {acts}"
+                                      + ("; needs invertible activations" if caps["needs_invertible"] else "")]],
+                        "      ")
+        lines += params_lines(cls.Params, "      ")
+        lines.append("")
+    if training:
+        lines.append("training hyperparameters (shared by every algorithm):")
+        lines += params_lines(TrainConfig, "  ")
+        lines.append("")
+    if datasets:
+        lines.append("datasets:")
+        rows = [["dataset", "input", "classes", "default network", "description"]]
+        for n in datasets:
+            d = _dataset_dict(DATASETS.get(n))
+            rows.append([n, "x".join(map(str, d["input_shape"])), str(d["num_classes"]), d["default_network"],
+                         d["description"]])
+        lines += _table(rows, "  ") + [""]
+    if networks:
+        lines.append("networks (or any mlp-<depth>x<width>-<activation>, activation in tanh, leaky-relu, relu, linear):")
+        lines += _table([["network", "description"]] + [[n, NETWORKS.get(n).description] for n in networks], "  ")
+    print("\n".join(lines).rstrip())
+    return 0
+
+
+def _dataset_dict(spec) -> dict:
+    return {"description": spec.description, "input_shape": list(spec.input_shape), "num_classes": spec.num_classes,
+            "default_network": spec.default_network}
+
+
+def cmd_new_algorithm(args) -> int:
+    from harness.scaffold import new_algorithm
+
+    algo_path, test_path = new_algorithm(args.name, Path(args.dir), Path(args.tests_dir))
+    print(f"wrote {algo_path}\nwrote {test_path}\n"
+          f"next: put your rule where {algo_path.name} says TODO, replace the oracle in {test_path.name}, then\n"
+          f"  python -m pytest -q {test_path} tests/test_algorithms_contract.py -k {args.name}\n"
+          f"  creditbench train --algo {args.name} --dataset digits\n"
+          "(docs/plugins.md explains the network API and the contract)")
     return 0
 
 
@@ -72,30 +247,48 @@ def cmd_train(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="creditbench", description="Benchmark credit-assignment algorithms.")
-    sub = p.add_subparsers(dest="command", required=True)
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``command`` in LIGHT_COMMANDS, the heavy subcommands are left out."""
+    from harness.scaffold import ALGORITHMS_DIR, TESTS_DIR
 
-    sub.add_parser("list", help="list algorithms, datasets and networks").set_defaults(func=cmd_list)
+    p = Parser(prog="creditbench", description="Benchmark credit-assignment algorithms.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ls = sub.add_parser("list", help="list algorithms, training hyperparameters, datasets and networks",
+                        description="List what is registered. PATTERN filters by id (shell wildcards: 'r*', "
+                                    "'mlp-*'; 'training' selects the shared training hyperparameters).")
+    ls.add_argument("patterns", nargs="*", metavar="PATTERN", help="ids or wildcard patterns (default: everything)")
+    ls.add_argument("--json", action="store_true", help="one JSON object (algorithm specs, hyperparameters, ...)")
+    ls.set_defaults(func=cmd_list)
 
     t = sub.add_parser("train", help="run one trial")
-    t.add_argument("--algo", required=True, help="algorithm id (see `creditbench list`)")
-    t.add_argument("--dataset", default="digits")
+    t.add_argument("--algo", required=True, type=registered_algorithm, choices=algorithm_names(),
+                   help="algorithm id (see `creditbench list`)")
+    t.add_argument("--dataset", default="digits", type=registered_dataset, choices=dataset_names(), help="dataset")
     t.add_argument("--network", default=None, help="preset or mlp-<depth>x<width>-<activation> (default: dataset's)")
-    t.add_argument("--epochs", type=int, default=None, help="maximum epochs")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="training or algorithm hyperparameter")
-    t.add_argument("--out", default=None, help="run directory (resumes if it holds a checkpoint)")
+    t.add_argument("--epochs", type=int, default=None,
+                   help="maximum epochs (default: the training hyperparameter epochs, 100)")
+    t.add_argument("--seed", type=int, default=0, help="trial seed: initialisation, data order, the algorithm's noise")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="training or algorithm hyperparameter (default: none; see `creditbench list`)")
+    t.add_argument("--out", default=None, help="run directory, resumed if it holds a checkpoint "
+                                               "(default: results/train/<algo>-<dataset>-<network>-seed<seed>-<UTC time>)")
     t.add_argument("--data-dir", default=None, help="dataset folder (default: $CREDITBENCH_DATA_DIR or ~/.cache/creditbench)")
-    t.add_argument("--device", default="auto")
+    t.add_argument("--device", default="auto", choices=DeviceChoices(), help="auto: CUDA when present")
     t.set_defaults(func=cmd_train)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    n = sub.add_parser("new-algorithm", help="write a skeleton algorithm plugin and its oracle test",
+                       description="Write algorithms/NAME.py (bp's rule written out, with TODOs where your rule "
+                                   "goes) and tests/test_NAME.py (its update equals an oracle); see docs/plugins.md.")
+    n.add_argument("name", metavar="NAME", help="algorithm id and module name (letters, digits, '_')")
+    n.add_argument("--dir", default=str(ALGORITHMS_DIR), help="where to write NAME.py (default: algorithms/ of this checkout)")
+    n.add_argument("--tests-dir", default=str(TESTS_DIR), help="where to write test_NAME.py (default: tests/ of this checkout)")
+    n.set_defaults(func=cmd_new_algorithm)
+
+    for name, register in _EXTRA_COMMANDS.items():
+        if command is None or command == name or command not in LIGHT_COMMANDS:
+            register(sub)
     return p
-
-
-_EXTRA_COMMANDS: list = []
 
 
 def _register_report(sub) -> None:
@@ -104,20 +297,25 @@ def _register_report(sub) -> None:
     add_parser(sub)
 
 
-_EXTRA_COMMANDS.append(_register_report)
-
 def _sweep_command(sub) -> None:
     from harness.sweep import add_sweep_parser
 
     add_sweep_parser(sub)
 
 
-_EXTRA_COMMANDS.append(_sweep_command)
+_EXTRA_COMMANDS = {"report": _register_report, "sweep": _sweep_command}  # imported only when used
+LIGHT_COMMANDS = ("list", "train", "new-algorithm")
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first word that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        args = build_parser(_command(argv)).parse_args(argv)
         return args.func(args)
     except CreditbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -125,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `creditbench list | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

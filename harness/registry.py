@@ -2,7 +2,8 @@
 
 Built-in algorithms are the modules of the ``algorithms`` package, each imported
 explicitly by name when the registry loads (a new algorithm is one new file there,
-with no other edit); third-party packages add algorithms
+with no other edit; a module there that registers no algorithm of its own is an error naming the
+file, and modules whose names start with ``_`` are helpers, not imported); third-party packages add algorithms
 through the entry-point group ``creditbench.algorithms`` (each entry point names a
 module or an algorithm class; importing it registers it). A plugin that fails to
 import is a loud error, never skipped. ``algorithm_origin`` says where each algorithm's
@@ -123,9 +124,11 @@ def load_plugins() -> None:
 
     import algorithms
 
-    for mod in sorted(pkgutil.iter_modules(algorithms.__path__), key=lambda m: m.name):
-        if not mod.name.startswith("_"):
-            importlib.import_module(f"algorithms.{mod.name}")
+    builtin = [m.name for m in sorted(pkgutil.iter_modules(algorithms.__path__), key=lambda m: m.name)
+               if not m.name.startswith("_")]
+    for name in builtin:
+        importlib.import_module(f"algorithms.{name}")
+    _check_builtins_register(builtin, algorithms.__path__)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         before = set(ALGORITHMS.names())
         try:
@@ -142,6 +145,20 @@ def load_plugins() -> None:
         for name in set(ALGORITHMS.names()) - before:
             _ORIGINS[ALGORITHMS.get(name)] = origin
     _loaded = True
+
+
+def _check_builtins_register(modules: list[str], path) -> None:
+    """Every module of ``algorithms/`` (not starting with ``_``) must register an algorithm defined in it:
+    a file whose class lacks ``@register_algorithm`` would otherwise be skipped without a word. Checked
+    by the classes' ``__module__`` (dtp.py imports tp.py, whose class is tp.py's, not dtp.py's)."""
+    defined = {ALGORITHMS.get(n).__module__ for n in ALGORITHMS.names()}
+    for name in modules:
+        if f"algorithms.{name}" not in defined:
+            where = next((Path(p) / f"{name}.py" for p in path if (Path(p) / f"{name}.py").is_file()),
+                         Path("algorithms") / name)
+            raise CreditbenchError(
+                f"{where} registers no algorithm: decorate its Algorithm subclass with @register_algorithm "
+                "(from harness.registry), or start the file's name with '_' if it is a helper module")
 
 
 def get_algorithm(name: str):

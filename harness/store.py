@@ -14,7 +14,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from harness.errors import CheckpointError, ConfigError
@@ -70,8 +69,33 @@ def write_json(path: Path, obj) -> None:
     write_text(path, to_json(obj, indent=2) + "\n")
 
 
-def write_csv(path: Path, frame: pd.DataFrame) -> None:
+def write_csv(path: Path, frame: "pd.DataFrame") -> None:
     write_text(path, frame.to_csv(index=False))
+
+
+def parquet_available() -> bool:
+    """Whether pyarrow can be imported (it is optional: the CSV tables are always written)."""
+    import importlib.util
+
+    return importlib.util.find_spec("pyarrow") is not None
+
+
+def write_table(path: Path, frame: "pd.DataFrame") -> None:
+    """``path`` (a ``.csv``) and, when pyarrow is importable, the same table as ``.parquet`` beside it
+    (typed columns; a column mixing strings and numbers is stored as strings)."""
+    write_csv(path, frame)
+    if not parquet_available():
+        return
+    import io
+
+    typed = frame.copy()
+    for col in typed.columns[typed.dtypes == object]:
+        kinds = {type(v) for v in typed[col] if v is not None and v == v}
+        if len(kinds) > 1:
+            typed[col] = [None if v is None or v != v else str(v) for v in typed[col]]
+    buf = io.BytesIO()
+    typed.to_parquet(buf, index=False)
+    write_bytes(Path(path).with_suffix(".parquet"), buf.getvalue())
 
 
 def save_torch(path: Path, obj) -> None:

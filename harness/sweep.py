@@ -1,6 +1,6 @@
 """Sweeps with Ray Tune: every registered algorithm, the same budgets and seeds, two phases.
 
-Protocol (DESIGN.md): a *search* phase (``budgets.search_trials`` configurations per algorithm,
+Protocol (docs/design.md): a *search* phase (``budgets.search_trials`` configurations per algorithm,
 drawn first with a seeded sampler from the algorithm's search space, one seed each), then a
 *final* phase (each algorithm's best configuration by validation accuracy × every seed,
 trained to convergence: patience/min_delta on validation accuracy, at most
@@ -377,33 +377,43 @@ def _progress_callback(phase: str):
         """One line per finished trial and a short summary every SUMMARY_EVERY_S seconds."""
 
         def setup(self, **info):
-            self.last = time.monotonic()
+            self.last = self.start = time.monotonic()
             self.done = 0
 
-        def _line(self, trial, what: str) -> None:
+        def _line(self, trial, what: str, trials) -> None:
             r = trial.last_result or {}
             t = trial.config["trial"]
             self.done += 1
             acc = lambda k: f"{r[k]:.4f}" if isinstance(r.get(k), (int, float)) else "-"  # noqa: E731
             print(f"[{phase}] {t['trial_id']:<28} {what:<9} epochs {r.get('epoch', 0):>3}  "
-                  f"best val {acc('best_val_acc')}  test {acc('best_test_acc')}", file=sys.stderr, flush=True)
+                  f"best val {acc('best_val_acc')}  test {acc('best_test_acc')}  ({self._counts(trials)})",
+                  file=sys.stderr, flush=True)
+
+        def _counts(self, trials) -> str:
+            """``3/10 done, 2 running, 5 pending, elapsed 1:02, ETA 2:25`` (ETA: Tune's trial states, at the
+            rate trials have finished so far in this run)."""
+            from harness.train import clock
+
+            states = [tr.status for tr in trials]
+            done = max(self.done, sum(s in ("TERMINATED", "ERROR") for s in states))  # the one completing may
+            failed, running = states.count("ERROR"), min(states.count("RUNNING"), len(states) - done)  # still run
+            elapsed = time.monotonic() - self.start
+            eta = clock(elapsed / self.done * (len(states) - done)) if self.done and done < len(states) else "-"
+            return (f"{done}/{len(states)} done{f' ({failed} failed)' if failed else ''}, {running} running, "
+                    f"{len(states) - done - running} pending, elapsed {clock(elapsed)}, ETA {eta}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             status = (trial.last_result or {}).get("trial_status", "running")
-            self._line(trial, "stopped" if status == "running" else status)  # running: Tune stopped it
+            self._line(trial, "stopped" if status == "running" else status, trials)  # running: Tune stopped it
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._line(trial, "FAILED")
+            self._line(trial, "FAILED", trials)
 
         def on_step_end(self, iteration, trials, **info):
             if time.monotonic() - self.last < SUMMARY_EVERY_S:
                 return
             self.last = time.monotonic()
-            counts: dict[str, int] = {}
-            for tr in trials:
-                counts[tr.status.lower()] = counts.get(tr.status.lower(), 0) + 1
-            print(f"[{phase}] {len(trials)} trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
-                  file=sys.stderr, flush=True)
+            print(f"[{phase}] {self._counts(trials)}", file=sys.stderr, flush=True)
 
     return Progress()
 
@@ -549,8 +559,8 @@ def _trial_columns(rows: list[dict]) -> list[str]:
 def write_tables(out_dir: Path, rows: list[dict], epochs: list[dict]) -> None:
     import pandas as pd
 
-    store.write_csv(out_dir / "trials.csv", pd.DataFrame(rows, columns=_trial_columns(rows)))
-    store.write_csv(out_dir / "epochs.csv", pd.DataFrame(epochs))
+    store.write_table(out_dir / "trials.csv", pd.DataFrame(rows, columns=_trial_columns(rows)))  # + .parquet
+    store.write_table(out_dir / "epochs.csv", pd.DataFrame(epochs))
 
 
 def _env(spec: SweepSpec, rows: list[dict], started: float, argv: list[str] | None) -> dict:
@@ -777,27 +787,32 @@ def _int_or_empty(value: str) -> int | None:
 
 
 def add_sweep_parser(sub) -> None:
+    from harness.cli import dataset_names, registered_dataset
+
     s = sub.add_parser("sweep", help="run a Ray Tune sweep (search phase, then final phase over seeds)",
                        description="Run a sweep spec (sweeps/*.yaml); the last line printed is the results directory.")
     s.add_argument("--spec", default=None, help="spec file or name in sweeps/ (default: the spec matching "
                                                 "--dataset, else sweeps/default.yaml)")
     s.add_argument("--algo", default=None, help=f"algorithm id, comma list, or '{ALL}' (default: the spec's list)")
-    s.add_argument("--dataset", default=None)
-    s.add_argument("--network", default=None, help="preset or mlp-<depth>x<width>-<activation>")
-    s.add_argument("--seeds", type=_int_or_empty, default=None, help="number of final-phase seeds")
-    s.add_argument("--trials", type=_int_or_empty, default=None, help="search configurations per algorithm")
-    s.add_argument("--epochs", type=_int_or_empty, default=None, help="maximum epochs (final; caps search)")
+    s.add_argument("--dataset", default=None, type=registered_dataset, choices=dataset_names(),
+                   help="dataset (default: the spec's)")
+    s.add_argument("--network", default=None, help="preset or mlp-<depth>x<width>-<activation> (default: the spec's)")
+    s.add_argument("--seeds", type=_int_or_empty, default=None, help="number of final-phase seeds (default: the spec's)")
+    s.add_argument("--trials", type=_int_or_empty, default=None,
+                   help="search configurations per algorithm (default: the spec's)")
+    s.add_argument("--epochs", type=_int_or_empty, default=None,
+                   help="maximum epochs (final; caps search) (default: the spec's)")
     s.add_argument("--address", default=None, help="existing Ray cluster (default: $RAY_ADDRESS or a local Ray)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="hyperparameter held fixed for every algorithm (e.g. with --final-only)")
+                   help="hyperparameter held fixed for every algorithm (e.g. with --final-only) (default: none)")
     mode = s.add_mutually_exclusive_group()
     mode.add_argument("--search-only", action="store_true", help="only the search phase")
     mode.add_argument("--final-only", action="store_true",
                       help="only the final phase, with the spec's fixed values and --set (no search)")
-    s.add_argument("--resume", default=None, metavar="DIR", help="continue an interrupted sweep in DIR")
+    s.add_argument("--resume", default=None, metavar="DIR", help="continue an interrupted sweep in DIR (default: a new sweep)")
     s.add_argument("--results", default="results", help="parent folder of the results directory")
-    s.add_argument("--data-dir", default=None)
-    s.add_argument("--num-cpus", type=_int_or_empty, default=None, help="CPUs of the local Ray instance")
-    s.add_argument("--max-concurrent", type=_int_or_empty, default=None, help="trials running at once")
+    s.add_argument("--data-dir", default=None, help="dataset folder (default: $CREDITBENCH_DATA_DIR or ~/.cache/creditbench)")
+    s.add_argument("--num-cpus", type=_int_or_empty, default=None, help="CPUs of the local Ray instance (default: the spec's, else every CPU)")
+    s.add_argument("--max-concurrent", type=_int_or_empty, default=None, help="trials running at once (default: the spec's)")
     s.add_argument("--name", default=None, help="results directory prefix (default: the spec's name)")
     s.set_defaults(func=cmd_sweep)

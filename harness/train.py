@@ -189,6 +189,7 @@ class Trainer:
             store.write_json(out_dir / "config.json", self.resolved)
         if self.epoch == 0 and self.status == "running":
             self._pretrain()
+        self._clock = (time.monotonic(), self.epoch)  # progress: elapsed and ETA of this run
         while self.status == "running":
             if self.epoch >= self.tc.epochs:
                 self.status, self.stop_reason = "ok", "max_epochs"
@@ -228,9 +229,15 @@ class Trainer:
             self.status, self.stop_reason = "ok", "max_epochs"
 
     def _progress(self, row: dict) -> str:
-        return (f"[{self.cfg.algo} seed={self.cfg.seed}] epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}  "
-                f"train {row['train_acc']:.4f}  val {row['val_acc']:.4f}  test {row['test_acc']:.4f}  "
-                f"{row['seconds_per_update'] * 1e3:.2f} ms/update")
+        """One line per epoch: ``epoch k/N``, metrics, elapsed time and the ETA at the maximum epochs
+        (``ETA ≤``: patience may stop the trial earlier)."""
+        start, first = getattr(self, "_clock", (time.monotonic(), row["epoch"] - 1))
+        elapsed = time.monotonic() - start
+        eta = elapsed / max(row["epoch"] - first, 1) * (self.tc.epochs - row["epoch"])
+        return (f"[{self.cfg.algo} seed={self.cfg.seed}] epoch {row['epoch']}/{self.tc.epochs}  "
+                f"loss {row['train_loss']:.4f}  train {row['train_acc']:.4f}  val {row['val_acc']:.4f}  "
+                f"test {row['test_acc']:.4f}  {row['seconds_per_update'] * 1e3:.2f} ms/update  "
+                f"elapsed {clock(elapsed)}  ETA ≤ {clock(eta)}")
 
     # ------------------------------------------------------------------ results
     def summary(self) -> dict:
@@ -317,3 +324,10 @@ _BASE_COLUMNS = {
 
 def run_trial(cfg: TrialConfig | dict, out_dir: Path | None = None, **kwargs) -> dict:
     return Trainer(cfg).run(out_dir, **kwargs)
+
+
+def clock(seconds: float) -> str:
+    """``h:mm:ss`` (``m:ss`` under an hour)."""
+    seconds = max(int(round(seconds)), 0)
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"

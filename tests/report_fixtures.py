@@ -39,7 +39,7 @@ LAMBDA = 1e-3
 class FeedbackAlignmentProbe(FeedbackAlignment):
     name = "fa_probe"
     description = "test-only: feedback alignment that reports pseudoinverse diagnostics of its feedback"
-    reference = "Lillicrap et al. 2016, Nat. Commun. 7:13276 (diagnostics as rfl in DESIGN.md)"
+    reference = "Lillicrap et al. 2016, Nat. Commun. 7:13276 (diagnostics as rfl in docs/design.md)"
 
     @torch.no_grad()
     def diagnostics(self, x, y):

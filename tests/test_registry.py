@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from harness.algorithm import Algorithm
@@ -150,8 +152,8 @@ def test_origin_names_the_code_behind_each_algorithm(monkeypatch, capsys, digits
     try:
         assert main(["list"]) == 0
         out = capsys.readouterr().out
-        assert "code: entry point 'thirdparty-test = extras.rule:Thirdparty' of creditbench-extras 9.8.7" in out
-        assert "code: built-in (module algorithms.rfl)" in out
+        assert re.search(r"code: +entry point 'thirdparty-test = extras.rule:Thirdparty' of creditbench-extras 9.8.7", out)
+        assert re.search(r"code: +built-in \(module algorithms.rfl\)", out)
         origin = {"kind": "entry-point", "entry_point": "thirdparty-test = extras.rule:Thirdparty",
                   "distribution": "creditbench-extras", "version": "9.8.7", "module": Thirdparty.__module__}
         assert get_algorithm("thirdparty-test").spec()["origin"] == origin
@@ -159,3 +161,61 @@ def test_origin_names_the_code_behind_each_algorithm(monkeypatch, capsys, digits
         ALGORITHMS.unregister("thirdparty-test")
     summary = Trainer(tiny_trial("bp", train={"epochs": 1}), data=digits).run(None, log=open("/dev/null", "w"))
     assert summary["algorithm"]["origin"] == {"kind": "built-in", "module": "algorithms.bp"}
+
+
+def _load_builtins_from(monkeypatch, folder):
+    """Run ``load_plugins`` with ``algorithms/`` replaced by ``folder`` (its modules are cleaned up after)."""
+    import sys
+
+    import algorithms
+    import harness.registry as registry
+
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [])
+    monkeypatch.setattr(algorithms, "__path__", [str(folder)])
+    for f in folder.glob("*.py"):
+        monkeypatch.delitem(sys.modules, f"algorithms.{f.stem}", raising=False)
+    before = set(ALGORITHMS.names())
+    try:
+        registry.load_plugins()
+    finally:
+        for name in set(ALGORITHMS.names()) - before:
+            ALGORITHMS.unregister(name)
+        for f in folder.glob("*.py"):
+            sys.modules.pop(f"algorithms.{f.stem}", None)
+
+
+PLUGIN = '''
+from harness.algorithm import Algorithm, Plausibility
+from harness.registry import register_algorithm
+{decorator}
+class Rule(Algorithm):
+    name = "{name}"
+    description = "test plugin"
+    reference = "none"
+
+    def plausibility(self):
+        return Plausibility(False, True, "single", False, "test plugin")
+'''
+
+
+def test_module_in_algorithms_that_registers_nothing_is_an_error_naming_the_file(monkeypatch, tmp_path):
+    (tmp_path / "good_rule.py").write_text(PLUGIN.format(decorator="@register_algorithm", name="good-rule-test"))
+    (tmp_path / "forgot.py").write_text(PLUGIN.format(decorator="", name="forgot-test"))
+    with pytest.raises(CreditbenchError) as err:
+        _load_builtins_from(monkeypatch, tmp_path)
+    assert f"{tmp_path / 'forgot.py'} registers no algorithm" in str(err.value) and "@register_algorithm" in str(err.value)
+    assert "forgot-test" not in ALGORITHMS
+
+
+def test_module_importing_another_plugin_must_register_its_own(monkeypatch, tmp_path):
+    """dtp.py imports tp.py: a module that only imports another plugin's class registers nothing itself."""
+    (tmp_path / "base_rule.py").write_text(PLUGIN.format(decorator="@register_algorithm", name="base-rule-test"))
+    (tmp_path / "derived.py").write_text("from algorithms.base_rule import Rule  # noqa: F401\n")
+    with pytest.raises(CreditbenchError, match="derived.py registers no algorithm"):
+        _load_builtins_from(monkeypatch, tmp_path)
+    (tmp_path / "derived.py").write_text(
+        "from algorithms.base_rule import Rule\nfrom harness.registry import register_algorithm\n\n\n"
+        "@register_algorithm\nclass Derived(Rule):\n    name = 'derived-test'\n")
+    (tmp_path / "_helper.py").write_text("X = 1  # a helper: not imported, registers nothing\n")
+    _load_builtins_from(monkeypatch, tmp_path)  # no error
