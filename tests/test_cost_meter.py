@@ -1,0 +1,223 @@
+"""The cost meter's bookkeeping (harness/cost.py): FLOP counting helpers, wall time by phase on a fake clock,
+the summary's statistics, checkpoints, and the CUDA timing path (with fake CUDA events, no GPU needed)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import harness.cost as cost
+from harness.cost import PHASES, CostMeter, NullMeter, flop_counter
+
+
+class Clock:
+    """Stands in for time.perf_counter_ns: advanced by hand."""
+
+    def __init__(self):
+        self.ns = 1_000
+
+    def __call__(self):
+        return self.ns
+
+    def tick(self, ns):
+        self.ns += ns
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = Clock()
+    monkeypatch.setattr(cost.time, "perf_counter_ns", c)
+    return c
+
+
+# ------------------------------------------------------------------ FLOP counting helpers
+def test_numel_of_shapes_and_lists_of_shapes():
+    assert cost._numel(None) == 0
+    assert cost._numel([2, 3]) == 6 and cost._numel((4,)) == 4 and cost._numel(torch.Size([2, 3, 5])) == 30
+    assert cost._numel(()) == 1  # a scalar
+    assert cost._numel([[2, 3], (4,), torch.Size([5])]) == 6 + 4 + 5  # an op with several outputs
+    assert cost._numel(7) == 0 and cost._numel("x") == 0  # not a shape
+
+
+def test_elementwise_counts_outputs_and_reductions_count_the_largest_input():
+    assert cost._elementwise([2, 3], [2, 3], out_shape=[2, 3]) == 6
+    assert cost._elementwise([2, 3], out_shape=None) == 0
+    assert cost._reduction([2, 3], [4], 1, out_shape=[]) == 6
+    assert cost._reduction(2.0, out_shape=[3]) == 0  # no input shape: nothing counted
+
+
+def test_flop_counter_counts_elementwise_work_only_when_asked(capsys):
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    counts = {}
+    for kind, counter in (("default", flop_counter()), ("on", flop_counter(True)), ("off", flop_counter(False))):
+        with counter:
+            c = a @ b  # 2·8·16·4 = 1024
+            c = torch.tanh(c) + 1  # 32 + 32 elementwise
+            c.sum()  # 32 (a reduction: its input)
+        counts[kind] = counter.get_total_flops()
+    assert counts == {"default": 1024 + 96, "on": 1024 + 96, "off": 1024}
+    assert capsys.readouterr().out == ""  # display=False: no table printed
+
+
+# ------------------------------------------------------------------ wall time by phase
+def test_wall_time_by_phase_on_a_fake_clock(clock):
+    meter = CostMeter(warmup=0, elementwise=False)
+    with meter.update(count_flops=False):
+        clock.tick(7)  # outside every phase: in the update's time, no phase's
+        with meter.phase("forward"):
+            clock.tick(10)
+            with meter.phase("feedback"):  # nested: the innermost phase gets the time
+                clock.tick(5)
+            clock.tick(3)
+        with meter.phase("credit"):
+            clock.tick(20)
+        with meter.phase("forward"):  # a phase entered twice adds up
+            clock.tick(1)
+    assert meter.step_ns == {"update": [46]}
+    assert meter.phase_ns == {"update": {"forward": [14], "credit": [20], "feedback": [5]}}
+    with meter.update(count_flops=False):
+        with meter.phase("credit"):
+            clock.tick(4)
+    assert meter.step_ns == {"update": [46, 4]}
+    assert meter.phase_ns == {"update": {"forward": [14, 0], "credit": [20, 4], "feedback": [5, 0]}}
+    s = meter.summary()
+    assert s["seconds_per_update"] == pytest.approx(25e-9)
+    assert s["seconds_per_update_by_phase"] == pytest.approx({"forward": 7e-9, "credit": 12e-9, "feedback": 2.5e-9})
+
+
+def test_warmup_and_flop_counted_updates_are_not_timed(clock):
+    meter = CostMeter()  # five warm-up updates by default; the first update of a kind is counted
+    for i in range(8):
+        with meter.update("a" if i != 6 else "b"), meter.phase("forward"):
+            clock.tick(100 + i)
+    assert meter.updates_seen == 8 and meter.kind_updates == {"a": 7, "b": 1}
+    assert meter.step_ns == {"a": [105, 107]} and meter.phase_ns["a"]["forward"] == [105, 107]
+    assert set(meter.kind_flops) == {"a", "b"}
+
+
+def test_flops_outside_phases_and_phase_time_do_not_leak_between_updates(clock):
+    meter = CostMeter(warmup=0)
+    a = torch.randn(4, 4)
+    with meter.update("x"):
+        a @ a  # not attributed
+        with meter.phase("credit"):
+            a @ a
+            clock.tick(3)
+    with meter.update("y"):
+        with meter.phase("credit"):
+            a @ a
+        a @ a
+    assert meter.kind_flops == {"x": {"forward": 0, "credit": 128, "feedback": 0},
+                                "y": {"forward": 0, "credit": 128, "feedback": 0}}
+    assert meter.step_ns == {}
+    with meter.update("x"):
+        with meter.phase("feedback"):
+            clock.tick(2)
+    assert meter.phase_ns == {"x": {"forward": [0], "credit": [0], "feedback": [2]}}
+    assert meter.cumulative_flops() == {"forward": 0.0, "credit": 3 * 128.0, "feedback": 0.0}
+
+
+def test_unknown_phase_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"^unknown phase 'sleep'; valid: forward, credit, feedback$"):
+        with CostMeter().phase("sleep"):
+            pass
+    with NullMeter().phase("anything"):  # outside training, phases cost nothing and are not checked
+        pass
+
+
+# ------------------------------------------------------------------ summary and checkpoints
+def test_summary_statistics():
+    meter = CostMeter(mix={"wake": 0.8, "sleep": 0.2})
+    meter.step_ns = {"wake": [int(v) for v in (4e9, 1e9, 3e9, 2e9)], "sleep": [int(10e9)]}
+    meter.phase_ns = {"wake": {"forward": [1, 2, 3, 4], "credit": [10, 20, 30, 40], "feedback": [0, 0, 0, 0]},
+                      "sleep": {"forward": [5], "credit": [50], "feedback": [7]}}
+    meter.kind_flops = {"wake": {"forward": 10, "credit": 20, "feedback": 0},
+                        "sleep": {"forward": 10, "credit": 20, "feedback": 50}}
+    s = meter.summary()
+    assert s["flops_per_update"] == pytest.approx({"total": 40.0, "forward": 10.0, "credit": 20.0, "feedback": 10.0})
+    ns = [4e9, 1e9, 3e9, 2e9, 10e9]
+    assert s["seconds_per_update"] == pytest.approx(0.8 * 2.5 + 0.2 * 10.0)
+    assert s["seconds_per_update_median"] == 3.0
+    assert s["seconds_per_update_p10"] == pytest.approx(np.percentile(ns, 10) / 1e9, rel=1e-15)
+    assert s["seconds_per_update_p90"] == pytest.approx(np.percentile(ns, 90) / 1e9, rel=1e-15)
+    assert s["seconds_per_update_p10"] < 2.0 < 7.0 < s["seconds_per_update_p90"]  # not min/max, not swapped
+    assert s["timed_updates"] == 5 and s["update_mix"] == {"wake": 0.8, "sleep": 0.2}
+    assert s["seconds_per_update_by_phase"] == pytest.approx({"forward": 0.8 * 2.5e-9 + 0.2 * 5e-9,
+                                                              "credit": 0.8 * 25e-9 + 0.2 * 50e-9,
+                                                              "feedback": 0.2 * 7e-9})
+
+
+def test_summary_before_any_timed_update():
+    s = CostMeter().summary()
+    assert math.isnan(s["seconds_per_update"]) and s["flops_per_update"] == {}
+    assert s["timed_updates"] == 0 and "seconds_per_update_by_phase" not in s and s["peak_memory_bytes"] >= 0
+
+
+def test_state_dict_round_trip_resumes_the_statistics(clock):
+    meter = CostMeter(warmup=1)
+    a = torch.randn(4, 4)
+    for i in range(4):
+        with meter.update(), meter.phase("credit"):
+            a @ a
+            clock.tick(10 * (i + 1))
+    state = meter.state_dict()
+    assert {k: v for k, v in state.items() if k != "peak_memory_bytes"} == {
+        "updates_seen": 4, "kind_updates": {"update": 4},
+        "kind_flops": {"update": {"forward": 0, "credit": 128, "feedback": 0}},
+        "step_ns": {"update": [20, 30, 40]},
+        "phase_ns": {"update": {"forward": [0, 0, 0], "credit": [20, 30, 40], "feedback": [0, 0, 0]}}}
+    resumed = CostMeter(warmup=1)
+    resumed.load_state_dict(state)
+    with meter.update(), meter.phase("credit"):
+        clock.tick(5)
+    assert state["step_ns"] == {"update": [20, 30, 40]} and resumed.step_ns == {"update": [20, 30, 40]}  # copies
+    with resumed.update(), resumed.phase("credit"):
+        clock.tick(5)
+    drop = ("peak_memory_bytes",)
+    assert {k: v for k, v in resumed.state_dict().items() if k not in drop} == \
+           {k: v for k, v in meter.state_dict().items() if k not in drop}
+    summary, other = meter.summary(), resumed.summary()
+    assert {k: v for k, v in summary.items() if k not in drop} == {k: v for k, v in other.items() if k not in drop}
+
+
+# ------------------------------------------------------------------ CUDA timing, with fake events
+class FakeEvent:
+    clock_ms = 0.0
+
+    def __init__(self, enable_timing=False):
+        assert enable_timing
+        self.t = None
+
+    def record(self):
+        FakeEvent.clock_ms += 1.5
+        self.t = FakeEvent.clock_ms
+
+    def elapsed_time(self, end):
+        return end.t - self.t
+
+
+def test_cuda_updates_are_timed_with_events_and_peak_memory_from_the_allocator(monkeypatch):
+    synced, resets = [], []
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: synced.append(1))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: resets.append(device))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 123_456 if device.type == "cuda" else -1)
+    FakeEvent.clock_ms = 0.0
+    meter = CostMeter("cuda", warmup=2)
+    assert meter.device == torch.device("cuda") and meter.cuda and resets == [torch.device("cuda")]
+    for i in range(5):
+        with meter.update(count_flops=(i == 2)):
+            pass
+    assert meter.step_ns == {} and len(meter._cuda_events) == 2  # resolved lazily: no sync per update
+    s = meter.summary()
+    assert synced and meter._cuda_events == []
+    assert meter.step_ns == {"update": [1_500_000, 1_500_000]}  # 1.5 ms between start and end events, in ns
+    assert s["seconds_per_update"] == pytest.approx(1.5e-3) and s["timed_updates"] == 2
+    assert s["peak_memory_bytes"] == 123_456
+    with meter.update(count_flops=False):
+        pass
+    assert meter.state_dict()["step_ns"] == {"update": [1_500_000] * 3}  # a checkpoint resolves pending events
+    assert not CostMeter("cpu").cuda and not CostMeter().cuda and PHASES == ("forward", "credit", "feedback")
