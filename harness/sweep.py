@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -497,8 +498,10 @@ def collect(grid, planned: list[dict]) -> tuple[list[dict], list[dict], set[str]
     from harness.train import CHECKPOINT
 
     by_id = {}
-    for result in grid:
-        by_id[result.config["trial"]["trial_id"]] = result
+    for result in grid if grid is not None else ():
+        trial_id = _result_trial_id(result)
+        if trial_id is not None:
+            by_id[trial_id] = result
     rows, epochs, unfinished = [], [], set()
     for t in planned:
         result = by_id.get(t["trial_id"])
@@ -529,6 +532,16 @@ def collect(grid, planned: list[dict]) -> tuple[list[dict], list[dict], set[str]
         epochs += epoch_rows(history, trial_id=t["trial_id"], phase=t["phase"], config_id=t["config_id"],
                              algo=t["algo"], seed=t["seed"])
     return rows, epochs, unfinished
+
+
+def _result_trial_id(result) -> str | None:
+    """The planned trial a Tune result belongs to. ``result.config`` is ``None`` for a trial that never
+    reported (e.g. Ctrl+C before its first epoch); its directory is still named after the trial id."""
+    config = result.config
+    if isinstance(config, dict) and isinstance(config.get("trial"), dict):
+        return config["trial"].get("trial_id")
+    path = getattr(result, "path", None)
+    return Path(path).name if path else None
 
 
 def _terminated(result) -> bool:
@@ -583,23 +596,28 @@ def execute(out_dir: Path, spec: SweepSpec, plan: dict, *, callbacks=(), argv=No
 
     started = time.time()
     trials_root = (out_dir / RAW / "trials").resolve()
-    owns_ray = _start_ray(spec, plan.get("address"))
+    rows: list[dict] = []
+    epochs: list[dict] = []
+    owns_ray = False
+    phase, planned, unfinished = None, [], set()
     try:
-        rows: list[dict] = []
-        epochs: list[dict] = []
+        owns_ray = _start_ray(spec, plan.get("address"))
         phases = [p for p in PHASES if plan["mode"] in ("both", p)]
         for phase in phases:
             planned = phase_trials(spec, plan, phase, trials_root)
+            unfinished = {t["trial_id"] for t in planned}
             print(f"[{phase}] {len(planned)} trials: {', '.join(plan['algorithms'])}", file=log, flush=True)
-            grid, interrupted = run_phase(phase, planned, spec, out_dir, callbacks=callbacks)
+            try:
+                grid, interrupted = run_phase(phase, planned, spec, out_dir, callbacks=callbacks)
+            except KeyboardInterrupt:  # a second Ctrl+C while Tune was stopping: read what it saved
+                grid, interrupted = _saved_grid(phase, out_dir), True
             phase_rows, phase_epochs, unfinished = collect(grid, planned)
             rows += phase_rows
             epochs += phase_epochs
             write_tables(out_dir, rows, epochs)
             store.write_json(out_dir / "env.json", _env(spec, rows, started, argv))
             if interrupted or unfinished:
-                print(f"interrupted: {len(planned) - len(unfinished)} of {len(planned)} {phase} trials finished; "
-                      f"continue with: creditbench sweep --resume {out_dir}", file=log, flush=True)
+                _interrupted_line(out_dir, phase, planned, unfinished, log)
                 return 130
             if phase == "search" and plan["mode"] == "both":
                 plan["selected"] = select_best(phase_rows, plan["algorithms"])
@@ -608,9 +626,36 @@ def execute(out_dir: Path, spec: SweepSpec, plan: dict, *, callbacks=(), argv=No
                     print(f"[search] {algo}: best configuration {cid}", file=log, flush=True)
         print_table(rows, log)
         return 0
+    except KeyboardInterrupt:  # Ctrl+C outside Tune (starting Ray, collecting, writing): keep what finished
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the tables are written before stopping
+        try:
+            write_tables(out_dir, rows, epochs)
+            store.write_json(out_dir / "env.json", _env(spec, rows, started, argv))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        _interrupted_line(out_dir, phase, planned, unfinished, log)
+        return 130
     finally:
         if owns_ray:
             ray.shutdown()
+
+
+def _interrupted_line(out_dir: Path, phase, planned: list, unfinished: set, log) -> None:
+    done = f"{len(planned) - len(unfinished)} of {len(planned)} {phase} trials finished; " if phase else ""
+    print(f"interrupted: {done}continue with: creditbench sweep --resume {out_dir}", file=log, flush=True)
+
+
+def _saved_grid(phase: str, out_dir: Path):
+    """The ResultGrid Tune saved for ``phase`` (read without running anything), or None."""
+    from ray import tune
+
+    exp = (out_dir / RAW / "tune" / phase).resolve()
+    try:
+        if tune.Tuner.can_restore(str(exp)):
+            return tune.Tuner.restore(str(exp), tune_trainable).get_results()
+    except Exception:  # noqa: BLE001  nothing saved yet: every trial of the phase is unfinished
+        pass
+    return None
 
 
 def print_table(rows: list[dict], log=sys.stderr) -> None:
