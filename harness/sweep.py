@@ -493,7 +493,7 @@ def _rebuild_summary(t: dict, ck_dir: Path, status: str, reason: str) -> dict:
     return trainer.summary()
 
 
-def collect(grid, planned: list[dict]) -> tuple[list[dict], list[dict], set[str]]:
+def collect(grid, planned: list[dict], *, log=sys.stderr) -> tuple[list[dict], list[dict], set[str]]:
     """trials.csv and epochs.csv rows of the finished trials, in plan order; and the unfinished ids."""
     from harness.train import CHECKPOINT
 
@@ -510,15 +510,21 @@ def collect(grid, planned: list[dict]) -> tuple[list[dict], list[dict], set[str]
             error = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:300]}"
         ck = result.checkpoint if result is not None else None
         if ck is not None:
-            with ck.as_directory() as d:
-                d = Path(d)
-                history = store.load_torch(d / CHECKPOINT, map_location="cpu")["history"]
-                if (d / "summary.json").exists():
-                    summary = json.loads((d / "summary.json").read_text())
-                elif error:
-                    summary = _rebuild_summary(t, d, "failed", "error")
-                elif result is not None and _terminated(result):
-                    summary = _rebuild_summary(t, d, "stopped", "tune scheduler")
+            try:
+                with ck.as_directory() as d:
+                    d = Path(d)
+                    history = store.load_torch(d / CHECKPOINT, map_location="cpu")["history"]
+                    if (d / "summary.json").exists():
+                        summary = json.loads((d / "summary.json").read_text())
+                    elif error:
+                        summary = _rebuild_summary(t, d, "failed", "error")
+                    elif result is not None and _terminated(result):
+                        summary = _rebuild_summary(t, d, "stopped", "tune scheduler")
+            except (CreditbenchError, OSError, ValueError, KeyError, TypeError) as exc:
+                # a damaged Tune checkpoint fails this trial only: every other row is kept
+                summary, history = None, []
+                error = f"damaged checkpoint: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"[:400]
+                print(f"warning: {t['trial_id']}: {error}", file=log, flush=True)
         if summary is None:
             if not error:
                 unfinished.add(t["trial_id"])
@@ -559,11 +565,66 @@ def _trial_columns(rows: list[dict]) -> list[str]:
     return head + hps + tail + (["error"] if "error" in seen else [])
 
 
-def write_tables(out_dir: Path, rows: list[dict], epochs: list[dict]) -> None:
+def _read_table(path: Path, log=sys.stderr, *, aside: bool = True):
+    """A table already on disk, every cell as its text (so rewriting it changes nothing); None if absent.
+    A table that cannot be parsed is kept aside as ``<name>.damaged`` rather than overwritten."""
     import pandas as pd
 
-    store.write_csv(out_dir / "trials.csv", pd.DataFrame(rows, columns=_trial_columns(rows)))
-    store.write_csv(out_dir / "epochs.csv", pd.DataFrame(epochs))
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        return None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        if aside:
+            kept = path.with_name(path.name + ".damaged")
+            os.replace(path, kept)
+            print(f"warning: {path} could not be read ({type(exc).__name__}); kept as {kept}", file=log, flush=True)
+        return None
+
+
+def _as_text(frame):
+    import io
+
+    import pandas as pd
+
+    if frame.empty and not len(frame.columns):
+        return frame
+    return pd.read_csv(io.StringIO(frame.to_csv(index=False)), dtype=str, keep_default_na=False)
+
+
+def merge_tables(out_dir: Path, rows: list[dict], epochs: list[dict], log=sys.stderr):
+    """trials.csv and epochs.csv as they will be written: what is on disk, plus the rows of trials it
+    does not hold yet. A finished trial's row on disk is never replaced, so a table is only ever
+    replaced by a superset of itself (a resume whose collection fails for one trial loses nothing)."""
+    import pandas as pd
+
+    new_t = _as_text(pd.DataFrame(rows, columns=_trial_columns(rows)))
+    new_e = _as_text(pd.DataFrame(epochs))
+    old_t, old_e = _read_table(out_dir / "trials.csv", log), _read_table(out_dir / "epochs.csv", log)
+    if old_t is None or "trial_id" not in old_t.columns:
+        trials = new_t
+        kept: set = set()
+    else:
+        kept = set(old_t["trial_id"])
+        add = new_t[~new_t["trial_id"].isin(kept)] if "trial_id" in new_t.columns else new_t.iloc[0:0]
+        trials = pd.concat([old_t, add], ignore_index=True, sort=False).fillna("")
+    if old_e is None or "trial_id" not in old_e.columns:
+        frame_e = new_e
+    else:
+        have = kept | set(old_e["trial_id"])
+        add = new_e[~new_e["trial_id"].isin(have)] if "trial_id" in new_e.columns else new_e.iloc[0:0]
+        frame_e = pd.concat([old_e, add], ignore_index=True, sort=False).fillna("")
+    return trials, frame_e
+
+
+def write_tables(out_dir: Path, rows: list[dict], epochs: list[dict], log=sys.stderr):
+    """Write the merged tables (see :func:`merge_tables`); return the trials frame written."""
+    trials, frame_e = merge_tables(out_dir, rows, epochs, log)
+    store.write_csv(out_dir / "trials.csv", trials)
+    store.write_csv(out_dir / "epochs.csv", frame_e)
+    return trials
 
 
 def _env(spec: SweepSpec, rows: list[dict], started: float, argv: list[str] | None) -> dict:
@@ -599,7 +660,7 @@ def execute(out_dir: Path, spec: SweepSpec, plan: dict, *, callbacks=(), argv=No
     rows: list[dict] = []
     epochs: list[dict] = []
     owns_ray = False
-    phase, planned, unfinished = None, [], set()
+    phase, planned, unfinished, table = None, [], set(), None
     try:
         owns_ray = _start_ray(spec, plan.get("address"))
         phases = [p for p in PHASES if plan["mode"] in ("both", p)]
@@ -611,25 +672,25 @@ def execute(out_dir: Path, spec: SweepSpec, plan: dict, *, callbacks=(), argv=No
                 grid, interrupted = run_phase(phase, planned, spec, out_dir, callbacks=callbacks)
             except KeyboardInterrupt:  # a second Ctrl+C while Tune was stopping: read what it saved
                 grid, interrupted = _saved_grid(phase, out_dir), True
-            phase_rows, phase_epochs, unfinished = collect(grid, planned)
+            phase_rows, phase_epochs, unfinished = collect(grid, planned, log=log)
             rows += phase_rows
             epochs += phase_epochs
-            write_tables(out_dir, rows, epochs)
+            table = write_tables(out_dir, rows, epochs, log)
             store.write_json(out_dir / "env.json", _env(spec, rows, started, argv))
             if interrupted or unfinished:
                 _interrupted_line(out_dir, phase, planned, unfinished, log)
                 return 130
-            if phase == "search" and plan["mode"] == "both":
+            if phase == "search" and plan["mode"] == "both" and not plan["selected"]:  # a resume keeps its choice
                 plan["selected"] = select_best(phase_rows, plan["algorithms"])
                 _write_plan(out_dir, spec, plan)
                 for algo, cid in plan["selected"].items():
                     print(f"[search] {algo}: best configuration {cid}", file=log, flush=True)
-        print_table(rows, log)
+        print_table(table.to_dict("records"), log)
         return 0
     except KeyboardInterrupt:  # Ctrl+C outside Tune (starting Ray, collecting, writing): keep what finished
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the tables are written before stopping
         try:
-            write_tables(out_dir, rows, epochs)
+            write_tables(out_dir, rows, epochs, log)
             store.write_json(out_dir / "env.json", _env(spec, rows, started, argv))
         finally:
             signal.signal(signal.SIGINT, previous)
@@ -779,11 +840,28 @@ def load_resumable(out_dir: Path) -> tuple[SweepSpec, dict]:
     return spec, plan
 
 
+def finished_trials(out_dir: Path, spec: SweepSpec, plan: dict) -> int | None:
+    """The number of planned trials when trials.csv holds every one of them (the sweep is finished), else None."""
+    if plan["mode"] == "both" and not plan["selected"]:
+        return None
+    table = _read_table(out_dir / "trials.csv", aside=False)
+    if table is None or "trial_id" not in table.columns:
+        return None
+    root = (out_dir / RAW / "trials").resolve()
+    planned = [t["trial_id"] for p in PHASES if plan["mode"] in ("both", p) for t in phase_trials(spec, plan, p, root)]
+    return len(planned) if set(planned) <= set(table["trial_id"]) else None
+
+
 def resume_sweep(out_dir: Path, *, address: str | None = None, callbacks=(), argv=None,
                  log=sys.stderr) -> tuple[Path, int]:
     """Continue an interrupted sweep: finished trials are kept, unfinished ones continue."""
     out_dir = Path(out_dir).resolve()
     spec, plan = load_resumable(out_dir)
+    done = finished_trials(out_dir, spec, plan)
+    if done is not None:
+        print(f"{out_dir}: the sweep is finished (all {done} planned trials are in trials.csv); nothing to resume, "
+              "nothing changed", file=log, flush=True)
+        return out_dir, 0
     if address is not None:
         plan["address"] = address
     print(f"resuming {out_dir}: Ray Tune restores its own state under {RAW}/ by unpickling it "

@@ -98,3 +98,63 @@ def test_ctrl_c_in_a_real_sweep_stops_cleanly(tmp_path):
     assert f"continue with: creditbench sweep --resume {out_dir}" in err
     assert "interrupted: 0 of 2 search trials finished" in err
     assert (out_dir / "trials.csv").is_file() and (out_dir / "env.json").is_file()
+
+
+# ---------------------------------------------------------------------------- 2. resume never loses rows
+def snapshot(out: Path) -> dict:
+    return {p.relative_to(out): p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+@pytest.mark.slow
+def test_resume_with_a_damaged_checkpoint_keeps_every_final_row(ray_session, tmp_path):
+    """Interrupted in the final phase, one finished final trial's Tune checkpoint damaged: the resume
+    keeps the rows on disk (tables are only replaced by supersets), finishes the others, and a second
+    resume of the finished sweep says so and changes nothing."""
+    from harness.sweep import SweepOptions, new_sweep, resume_sweep
+    from tests.test_sweep import InterruptAfter
+
+    spec = tiny_spec(tmp_path, resources={"max_concurrent": 1})
+    cb = InterruptAfter(6, tmp_path / "flag")  # 4 search trials, then 2 of the 4 final ones
+    out, code = new_sweep(SweepOptions(spec=str(spec), results_root=tmp_path / "results"), callbacks=[cb])
+    assert code == 130
+    first = pd.read_csv(out / "trials.csv")
+    done_final = first[first.phase == "final"].trial_id.tolist()
+    assert len(done_final) >= 1 and len(first) < 8
+    victim = done_final[0]
+    for ck in (out / "raw" / "tune" / "final").glob(f"*{victim}*/checkpoint_*/checkpoint.pt"):
+        ck.write_bytes(b"garbage" * 10)
+    log = tmp_path / "log"
+    with open(log, "w") as f:
+        out2, code = resume_sweep(out, log=f)
+    assert code == 0, log.read_text()
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 8 and trials.trial_id.is_unique
+    kept = trials.set_index("trial_id").loc[first.trial_id]
+    pd.testing.assert_frame_equal(kept.reset_index()[first.columns], first, check_dtype=False)
+    assert (trials.status == "ok").all()
+    epochs = pd.read_csv(out / "epochs.csv")
+    assert sorted(epochs.groupby("trial_id").epoch.apply(list).tolist()) == [[1, 2]] * 8
+    assert f"{victim}: damaged checkpoint" in log.read_text()
+
+    before = snapshot(out)
+    with open(log, "w") as f:
+        _, code = resume_sweep(out, log=f)
+    assert code == 0 and "the sweep is finished (all 8 planned trials" in log.read_text()
+    assert snapshot(out) == before
+
+
+def test_tables_are_only_replaced_by_supersets(tmp_path):
+    from harness.sweep import write_tables
+
+    rows = [{"trial_id": "a", "phase": "final", "status": "ok", "test_acc": 0.5}]
+    write_tables(tmp_path, rows, [{"trial_id": "a", "epoch": 1, "val_acc": 0.4}])
+    before = (tmp_path / "trials.csv").read_text()
+    # a later collection that lost "a" (or saw it fail) and found "b"
+    write_tables(tmp_path, [{"trial_id": "a", "phase": "final", "status": "failed", "test_acc": None},
+                            {"trial_id": "b", "phase": "final", "status": "ok", "test_acc": 0.7}],
+                 [{"trial_id": "b", "epoch": 1, "val_acc": 0.6}])
+    after = (tmp_path / "trials.csv").read_text()
+    assert after.startswith(before) and after.count("\n") == 3
+    t = pd.read_csv(tmp_path / "trials.csv")
+    assert t.set_index("trial_id").status.to_dict() == {"a": "ok", "b": "ok"}
+    assert pd.read_csv(tmp_path / "epochs.csv").trial_id.tolist() == ["a", "b"]
