@@ -6,6 +6,8 @@ and every value that becomes part of a path is checked by ``safe_name``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -17,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from harness.errors import CheckpointError, ConfigError
+from harness.errors import CheckpointError, ConfigError, ResultsError
 
 NAME_RULE = "letters, digits, '-', '_' and '.' (starting with a letter, digit or '_'; no '..'; at most 128 characters)"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -110,3 +112,29 @@ def safe_name(value, what: str) -> str:
     if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
         raise ConfigError(f"{what} {value!r} is not a valid name; allowed: {NAME_RULE}")
     return value
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def locked(directory: Path, what: str = "run directory"):
+    """Hold an exclusive lock on ``directory`` (``fcntl.flock`` on ``directory/.lock``) while the block
+    runs; another holder makes this a one-line :class:`ResultsError`. The kernel releases the lock when
+    its process ends, however it ends, so a lock file left by a dead process never blocks."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise ResultsError(f"{directory}: {what} in use by another creditbench process"
+                               + (f" (pid {holder})" if holder.isdigit() else "")
+                               + "; wait for it to finish or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield directory
+    finally:
+        os.close(fd)  # releases the lock

@@ -180,8 +180,15 @@ class Trainer:
 
     def run(self, out_dir: Path | None = None, *, on_epoch: Callable[[dict, "Trainer"], None] | None = None,
             log=sys.stderr) -> dict:
-        """Train to convergence (or resume an interrupted trial in ``out_dir``); return the summary."""
-        out_dir = Path(out_dir) if out_dir is not None else None
+        """Train to convergence (or resume an interrupted trial in ``out_dir``); return the summary.
+
+        ``out_dir`` is locked while the trial runs: a second run into it is refused."""
+        if out_dir is None:
+            return self._run(None, on_epoch=on_epoch, log=log)
+        with store.locked(Path(out_dir)):
+            return self._run(Path(out_dir), on_epoch=on_epoch, log=log)
+
+    def _run(self, out_dir: Path | None, *, on_epoch, log) -> dict:
         if out_dir is not None and (out_dir / CHECKPOINT).exists():
             self.load_checkpoint(out_dir / CHECKPOINT)
             print(f"resuming {self.cfg.algo} from epoch {self.epoch} ({out_dir})", file=log)

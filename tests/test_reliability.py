@@ -158,3 +158,27 @@ def test_tables_are_only_replaced_by_supersets(tmp_path):
     t = pd.read_csv(tmp_path / "trials.csv")
     assert t.set_index("trial_id").status.to_dict() == {"a": "ok", "b": "ok"}
     assert pd.read_csv(tmp_path / "epochs.csv").trial_id.tolist() == ["a", "b"]
+
+
+# ---------------------------------------------------------------------------- 3. one run per directory
+def test_a_second_train_into_a_locked_run_directory_is_refused(tmp_path):
+    from harness.store import locked
+
+    out = tmp_path / "run"
+    with locked(out):  # as a running `creditbench train --out run` holds it
+        proc = subprocess.run([sys.executable, "-m", "harness.cli", *TRAIN, "--epochs", "1", "--out", str(out)],
+                              capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, err
+    assert err.startswith("error: ") and "\n" not in err and "in use by another creditbench process" in err, err
+    assert f"(pid {os.getpid()})" in err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
+
+
+def test_a_stale_lock_of_a_dead_process_does_not_block(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text("999999\n")  # left by a process that died; nobody holds the flock
+    assert cli.main([*TRAIN, "--epochs", "1", "--out", str(out)]) == 0
+    assert (out / "summary.json").is_file()
+    capsys.readouterr()
