@@ -371,7 +371,7 @@ def _make_stopper():
     return ConvergenceStopper()
 
 
-def _progress_callback(phase: str):
+def _progress_callback(phase: str, scheduler: bool = False):
     from ray.tune import Callback
 
     class Progress(Callback):
@@ -391,7 +391,8 @@ def _progress_callback(phase: str):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             status = (trial.last_result or {}).get("trial_status", "running")
-            self._line(trial, "stopped" if status == "running" else status)  # running: Tune stopped it
+            # running: Tune ended it, the scheduler (ASHA) or an interruption (Ctrl+C)
+            self._line(trial, ("stopped" if scheduler else "interrupted") if status == "running" else status)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._line(trial, "FAILED")
@@ -441,6 +442,11 @@ def _start_ray(spec: SweepSpec, address: str | None) -> bool:
     return True
 
 
+def _has_scheduler(spec: SweepSpec, phase: str) -> bool:
+    """Whether a Tune scheduler may stop running trials in ``phase`` (ASHA, search phase only)."""
+    return phase == "search" and spec.stopping.search_scheduler == "asha"
+
+
 def run_phase(phase: str, trials: list[dict], spec: SweepSpec, out_dir: Path, *, callbacks=()):
     """Run (or restore and finish) one phase's Tune experiment; return (ResultGrid, interrupted)."""
     from ray import tune
@@ -473,7 +479,7 @@ def run_phase(phase: str, trials: list[dict], spec: SweepSpec, out_dir: Path, *,
                 name=phase, storage_path=str(storage), stop=stopper, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[_progress_callback(phase), *callbacks]),
+                callbacks=[_progress_callback(phase, _has_scheduler(spec, phase)), *callbacks]),
         )
     grid = tuner.fit()
     interrupted = grid.num_terminated + grid.num_errors < len(grid)
@@ -493,8 +499,14 @@ def _rebuild_summary(t: dict, ck_dir: Path, status: str, reason: str) -> dict:
     return trainer.summary()
 
 
-def collect(grid, planned: list[dict], *, log=sys.stderr) -> tuple[list[dict], list[dict], set[str]]:
-    """trials.csv and epochs.csv rows of the finished trials, in plan order; and the unfinished ids."""
+def collect(grid, planned: list[dict], *, interrupted: bool = False, scheduler: bool = False,
+            log=sys.stderr) -> tuple[list[dict], list[dict], set[str]]:
+    """trials.csv and epochs.csv rows of the finished trials, in plan order; and the unfinished ids.
+
+    A trial that Tune ended while its Trainer was still running was stopped by the scheduler
+    (``scheduler``: the phase has one, e.g. ASHA) unless the phase was ``interrupted``; otherwise it
+    was interrupted: it is not finished, gets no row, and continues on resume."""
+    interrupted_ids: set[str] = set()
     from harness.train import CHECKPOINT
 
     by_id = {}
@@ -519,14 +531,17 @@ def collect(grid, planned: list[dict], *, log=sys.stderr) -> tuple[list[dict], l
                     elif error:
                         summary = _rebuild_summary(t, d, "failed", "error")
                     elif result is not None and _terminated(result):
-                        summary = _rebuild_summary(t, d, "stopped", "tune scheduler")
+                        if scheduler and not interrupted:  # ASHA stopped a slow starter: it is finished
+                            summary = _rebuild_summary(t, d, "stopped", "tune scheduler")
+                        else:  # only an interruption ends a running trial here: it is not finished
+                            interrupted_ids.add(t["trial_id"])
             except (CreditbenchError, OSError, ValueError, KeyError, TypeError) as exc:
                 # a damaged Tune checkpoint fails this trial only: every other row is kept
                 summary, history = None, []
                 error = f"damaged checkpoint: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"[:400]
                 print(f"warning: {t['trial_id']}: {error}", file=log, flush=True)
         if summary is None:
-            if not error:
+            if not error or t["trial_id"] in interrupted_ids:
                 unfinished.add(t["trial_id"])
                 continue
             summary = {"algo": t["algo"], "dataset": t["dataset"], "network": t["network"], "seed": t["seed"],
@@ -672,7 +687,8 @@ def execute(out_dir: Path, spec: SweepSpec, plan: dict, *, callbacks=(), argv=No
                 grid, interrupted = run_phase(phase, planned, spec, out_dir, callbacks=callbacks)
             except KeyboardInterrupt:  # a second Ctrl+C while Tune was stopping: read what it saved
                 grid, interrupted = _saved_grid(phase, out_dir), True
-            phase_rows, phase_epochs, unfinished = collect(grid, planned, log=log)
+            phase_rows, phase_epochs, unfinished = collect(grid, planned, interrupted=interrupted,
+                                                           scheduler=_has_scheduler(spec, phase), log=log)
             rows += phase_rows
             epochs += phase_epochs
             table = write_tables(out_dir, rows, epochs, log)

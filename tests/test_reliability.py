@@ -182,3 +182,46 @@ def test_a_stale_lock_of_a_dead_process_does_not_block(tmp_path, capsys):
     assert cli.main([*TRAIN, "--epochs", "1", "--out", str(out)]) == 0
     assert (out / "summary.json").is_file()
     capsys.readouterr()
+
+
+# ---------------------------------------------------------------------------- 6. interrupted is not finished
+@pytest.fixture(scope="module")
+def one_epoch_checkpoint(tmp_path_factory):
+    """A trial planned for 3 epochs, its Tune checkpoint taken after epoch 1 (Trainer still running)."""
+    import shutil
+
+    from harness.sweep import train_trial
+
+    tmp = tmp_path_factory.mktemp("interrupted")
+    t = {"trial_id": "search-bp-c00-s0", "phase": "search", "config_id": "bp-c00", "algo": "bp", "seed": 0,
+         "train": {"epochs": 3, "batch_size": 64, "patience": 5}, "params": {}, "dataset": "digits",
+         "network": "mlp-1x16-tanh", "data_dir": None, "split_seed": 0, "val_size": None, "device": "cpu",
+         "probe_size": 64, "target_acc": None, "trials_root": str(tmp / "trials"), "cpus": 1}
+
+    class Stop(Exception):
+        pass
+
+    def report(metrics, trial_dir):
+        shutil.copytree(trial_dir, tmp / "ck")
+        raise Stop
+
+    with pytest.raises(Stop):
+        train_trial(t, checkpoint_dir=None, report=report)
+    return t, tmp / "ck"
+
+
+@pytest.mark.parametrize("interrupted,scheduler,finished", [(True, False, False), (False, False, False),
+                                                            (True, True, False), (False, True, True)])
+def test_a_trial_ended_by_an_interruption_is_not_finished(one_epoch_checkpoint, interrupted, scheduler, finished):
+    from ray.tune import Checkpoint, Result
+
+    from harness.sweep import collect
+
+    t, ck = one_epoch_checkpoint
+    result = Result(metrics={"done": True, "trial_status": "running", "epoch": 1, "config": {"trial": t}},
+                    checkpoint=Checkpoint.from_directory(str(ck)), error=None, path=str(ck.parent / t["trial_id"]))
+    rows, epochs, unfinished = collect([result], [t], interrupted=interrupted, scheduler=scheduler)
+    if finished:  # ASHA stopped it in an uninterrupted phase
+        assert [r["status"] for r in rows] == ["stopped"] and unfinished == set()
+    else:
+        assert rows == [] and epochs == [] and unfinished == {t["trial_id"]}
