@@ -43,6 +43,7 @@ def build_report(dirs: list[Path | str], out: Path | str | None = None, *, refer
 
     parse_target(target)  # fail before any work on a bad --target
     results = load_results(list(dirs))
+    check_reference(reference, results)
     if out is None:
         if len(results.sources) > 1:
             from harness.errors import ResultsError
@@ -117,6 +118,23 @@ def build_report(dirs: list[Path | str], out: Path | str | None = None, *, refer
     store.write_text(out / "report.md", text)
     return {"report": out / "report.md", "figures": figures, "tables": tables, "summary": summary,
             "skipped": skipped}
+
+
+def check_reference(reference: str, results: Results) -> None:
+    """``--reference`` names an algorithm of these results (or a registered one, whose absence the
+    report notes); anything else, e.g. a typo, is refused before anything is written."""
+    from harness.errors import UnknownNameError
+    from harness.registry import algorithm_names
+
+    present = sorted(set(results.trials["algo"]))
+    if reference in present:
+        return
+    try:
+        registered = algorithm_names()
+    except Exception:  # noqa: BLE001  a broken plugin: only the results' own algorithms count
+        registered = []
+    if reference not in registered:
+        raise UnknownNameError("reference algorithm (--reference)", reference, present)
 
 
 def _frame_latex(frame: pd.DataFrame, caption: str, label: str) -> str:

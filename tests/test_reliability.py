@@ -225,3 +225,29 @@ def test_a_trial_ended_by_an_interruption_is_not_finished(one_epoch_checkpoint, 
         assert [r["status"] for r in rows] == ["stopped"] and unfinished == set()
     else:
         assert rows == [] and epochs == [] and unfinished == {t["trial_id"]}
+
+
+# ---------------------------------------------------------------------------- 7. report options
+def minimal_results(path: Path) -> Path:
+    path.mkdir(parents=True)
+    pd.DataFrame([{"trial_id": f"final-{a}-given-s{s}", "phase": "final", "config_id": f"{a}-given", "algo": a,
+                   "dataset": "digits", "network": "mlp-1x16-tanh", "seed": s, "status": "ok", "epochs": 1,
+                   "test_acc": 0.9, "best_val_acc": 0.9} for a in ("bp", "fa") for s in (0, 1)]
+                 ).to_csv(path / "trials.csv", index=False)
+    (path / "report.md").write_text("a good report\n")
+    return path
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--reference", "bpp"], "unknown reference algorithm (--reference) 'bpp' (did you mean 'bp'?); valid: bp, fa"),
+    (["--target", "150%"], "--target '150%' is not valid; use a percentage in (0, 100]%"),
+    (["--target", "0%"], "--target '0%' is not valid"),
+])
+def test_bad_report_options_are_refused_before_anything_is_written(tmp_path, capsys, argv, needle):
+    run = minimal_results(tmp_path / "run")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert cli.main(["report", str(run), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and needle in err, err
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    assert (run / "report.md").read_text() == "a good report\n"
