@@ -53,9 +53,11 @@ def cmd_list(args) -> int:
 def cmd_train(args) -> int:
     from harness.hparams import TrainConfig, parse_assignments, split_overrides
     from harness.registry import get_algorithm
-    from harness.store import to_json
-    from harness.train import Trainer
+    from harness.store import check_writable, to_json
+    from harness.train import Trainer, resolve_device
 
+    resolve_device(args.device)  # before any data is loaded
+    check_writable(Path(args.out) if args.out else RESULTS / "train", "--out")
     algo_cls = get_algorithm(args.algo)
     train, params = split_overrides(parse_assignments(args.set), algo_cls.Params, args.algo)
     if args.epochs is not None:

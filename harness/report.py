@@ -42,6 +42,8 @@ def build_report(dirs: list[Path | str], out: Path | str | None = None, *, refer
     from harness import report_figures as figs
 
     parse_target(target)  # fail before any work on a bad --target
+    if out is not None or (len(dirs) == 1 and Path(dirs[0]).is_dir()):  # an output location we cannot write is refused before reading
+        store.check_writable(Path(out) if out is not None else Path(dirs[0]), "--out" if out is not None else "report in")
     results = load_results(list(dirs))
     check_reference(reference, results)
     if out is None:

@@ -138,3 +138,21 @@ def locked(directory: Path, what: str = "run directory"):
         yield directory
     finally:
         os.close(fd)  # releases the lock
+
+
+def check_writable(path: Path, what: str) -> Path:
+    """Refuse (one-line :class:`ConfigError`) an output location that cannot be created or written,
+    before any work: the nearest existing folder must be a directory we can create a file in."""
+    path = Path(path).expanduser().absolute()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{what} {path}: cannot write there: {probe} is not a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".creditbench-write-check-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot write there ({exc.strerror or type(exc).__name__}: {probe})") from None
+    return path

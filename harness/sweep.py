@@ -149,6 +149,9 @@ def resolve(opts: SweepOptions) -> tuple[SweepSpec, dict]:
     spec = parse_spec({**spec.model_dump(), **update, "budgets": budgets, "resources": resources},
                       f"{path} with command-line options")
     DATASETS.get(spec.dataset)
+    from harness.train import parse_device
+
+    parse_device(spec.device)
     if opts.algo is not None:
         algorithms = _algorithm_list(opts.algo, "--algo")
     try:
@@ -759,6 +762,7 @@ def new_sweep(opts: SweepOptions, *, callbacks=(), argv=None, log=sys.stderr) ->
     """Validate, create the results directory, run. Nothing is created if validation fails."""
     from harness.cli import utc_stamp
 
+    store.check_writable(opts.results_root, "--results")  # before the spec's data is loaded
     spec, plan = resolve(opts)
     out_dir = Path(opts.results_root) / f"{spec.name}-{utc_stamp()}"
     n = 1
@@ -874,6 +878,8 @@ def resume_sweep(out_dir: Path, *, address: str | None = None, callbacks=(), arg
     out_dir = Path(out_dir).resolve()
     spec, plan = load_resumable(out_dir)
     done = finished_trials(out_dir, spec, plan)
+    if done is None:
+        store.check_writable(out_dir, "--resume")
     if done is not None:
         print(f"{out_dir}: the sweep is finished (all {done} planned trials are in trials.csv); nothing to resume, "
               "nothing changed", file=log, flush=True)

@@ -50,10 +50,26 @@ class TrialConfig(HParams):
     target_acc: float | None = Field(None, gt=0, le=1, description="report updates/FLOPs to this val accuracy")
 
 
-def resolve_device(name: str) -> torch.device:
+DEVICES = "auto, cpu, cuda, cuda:N"
+
+
+def parse_device(name: str) -> torch.device | None:
+    """``name`` as a torch device (None for ``auto``); anything else is a one-line ConfigError."""
     if name == "auto":
+        return None
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device '{name}'; valid: {DEVICES}")
+    return dev
+
+
+def resolve_device(name: str) -> torch.device:
+    dev = parse_device(name)
+    if dev is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available; valid here: auto, cpu")
     return dev

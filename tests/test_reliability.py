@@ -251,3 +251,46 @@ def test_bad_report_options_are_refused_before_anything_is_written(tmp_path, cap
     assert err.startswith("error: ") and "\n" not in err and needle in err, err
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
     assert (run / "report.md").read_text() == "a good report\n"
+
+
+# ---------------------------------------------------------------------------- 8. unwritable outputs, bad device
+def unwritable(tmp_path: Path, kind: str) -> Path:
+    if kind == "file-in-the-way":
+        (tmp_path / "file").write_text("x")
+        return tmp_path / "file" / "out"
+    target = Path("/sys/creditbench-test/out")  # sysfs refuses new files, also to root
+    try:
+        target.parent.mkdir()
+    except OSError:
+        return target
+    target.parent.rmdir()
+    pytest.skip("/sys is writable here")
+
+
+@pytest.mark.parametrize("kind", ["read-only", "file-in-the-way"])
+@pytest.mark.parametrize("command", ["train", "sweep", "report"])
+def test_unwritable_output_locations_are_one_line_errors(tmp_path, capsys, monkeypatch, kind, command):
+    import harness.datasets
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data loaded before the output location was checked")
+
+    monkeypatch.setattr(harness.datasets, "load_dataset", no_data)
+    monkeypatch.setattr(harness.datasets, "check_available", no_data)
+    monkeypatch.setattr("harness.train.load_dataset", no_data)
+    bad = unwritable(tmp_path, kind)
+    argv = {"train": [*TRAIN, "--epochs", "1", "--out", str(bad)],
+            "sweep": ["sweep", "--spec", str(tiny_spec(tmp_path)), "--results", str(bad)],
+            "report": ["report", str(minimal_results(tmp_path / "run")), "--out", str(bad)]}[command]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "cannot write there" in err and str(bad) in err, err
+
+
+def test_unknown_device_is_a_one_line_error(tmp_path, capsys):
+    assert cli.main([*TRAIN[:-2], "--device", "foo", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: unknown device 'foo'; valid: auto, cpu, cuda, cuda:N" and not (tmp_path / "run").exists()
+    spec = tiny_spec(tmp_path, device="gpu0")
+    assert cli.main(["sweep", "--spec", str(spec), "--results", str(tmp_path / "r")]) == 2
+    assert "unknown device 'gpu0'" in capsys.readouterr().err and not (tmp_path / "r").exists()
