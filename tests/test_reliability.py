@@ -294,3 +294,28 @@ def test_unknown_device_is_a_one_line_error(tmp_path, capsys):
     spec = tiny_spec(tmp_path, device="gpu0")
     assert cli.main(["sweep", "--spec", str(spec), "--results", str(tmp_path / "r")]) == 2
     assert "unknown device 'gpu0'" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------- 5. damaged checkpoints in the collector
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_a_damaged_tune_checkpoint_fails_only_its_trial(one_epoch_checkpoint, tmp_path, damage):
+    import shutil
+
+    from ray.tune import Checkpoint, Result
+
+    from harness.sweep import collect, train_trial
+
+    t, ck = one_epoch_checkpoint
+    good_t = {**t, "trial_id": "search-bp-c01-s0", "config_id": "bp-c01", "trials_root": str(tmp_path / "trials")}
+    train_trial(good_t, checkpoint_dir=None, report=lambda m, d: None)  # finished: summary.json present
+    bad = Path(shutil.copytree(tmp_path / "trials" / good_t["trial_id"], tmp_path / "bad"))
+    data = (bad / "checkpoint.pt").read_bytes()
+    (bad / "checkpoint.pt").write_bytes({"garbage": b"\x80junk" * 50, "truncated": data[: len(data) // 2],
+                                         "empty": b""}[damage])
+    results = [Result(metrics={"config": {"trial": x}}, checkpoint=Checkpoint.from_directory(str(d)), error=None,
+                      path=str(tmp_path / x["trial_id"])) for x, d in ((t, bad), (good_t, tmp_path / "trials" / good_t["trial_id"]))]
+    rows, epochs, unfinished = collect(results, [t, good_t], log=open(os.devnull, "w"))
+    by_id = {r["trial_id"]: r for r in rows}
+    assert by_id[good_t["trial_id"]]["status"] == "ok" and len(epochs) == 3
+    assert by_id[t["trial_id"]]["status"] == "failed" and "damaged checkpoint" in by_id[t["trial_id"]]["error"]
+    assert "checkpoint.pt: refused to load" in by_id[t["trial_id"]]["error"] and unfinished == set()
