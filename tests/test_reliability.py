@@ -141,6 +141,8 @@ def test_resume_with_a_damaged_checkpoint_keeps_every_final_row(ray_session, tmp
         _, code = resume_sweep(out, log=f)
     assert code == 0 and "the sweep is finished (all 8 planned trials" in log.read_text()
     assert snapshot(out) == before
+    # the report's cross-checks (plan.json, epochs per trial, column types) accept a real finished sweep
+    assert cli.main(["report", str(out), "--no-figures"]) == 0
 
 
 def test_tables_are_only_replaced_by_supersets(tmp_path):
@@ -319,3 +321,76 @@ def test_a_damaged_tune_checkpoint_fails_only_its_trial(one_epoch_checkpoint, tm
     assert by_id[good_t["trial_id"]]["status"] == "ok" and len(epochs) == 3
     assert by_id[t["trial_id"]]["status"] == "failed" and "damaged checkpoint" in by_id[t["trial_id"]]["error"]
     assert "checkpoint.pt: refused to load" in by_id[t["trial_id"]]["error"] and unfinished == set()
+
+
+# ---------------------------------------------------------------------------- 4. damaged tables
+def planned_results(path: Path) -> Path:
+    """A consistent final-only sweep directory: plan.json, spec.yaml, trials.csv, epochs.csv."""
+    import json
+
+    minimal_results(path)
+    (path / "plan.json").write_text(json.dumps({
+        "mode": "final", "algorithms": ["bp", "fa"], "selected": {}, "address": None, "spaces": {},
+        "configs": {a: [{"config_id": f"{a}-given", "train": {}, "params": {}}] for a in ("bp", "fa")}}))
+    (path / "spec.yaml").write_text(yaml.safe_dump({"name": "x", "seeds": [0, 1]}))
+    trials = pd.read_csv(path / "trials.csv").assign(epochs=2)
+    trials.to_csv(path / "trials.csv", index=False)
+    pd.DataFrame([{"trial_id": t, "epoch": e, "updates": 10 * e, "val_acc": 0.8 + e / 100, "test_acc": 0.85}
+                  for t in trials.trial_id for e in (1, 2)]).to_csv(path / "epochs.csv", index=False)
+    return path
+
+
+def _cut_last_row(path: Path) -> None:
+    text = path.read_text()
+    path.write_text(text[: text.rstrip("\n").rfind(",") - 2])  # mid-row, no end of line
+
+
+def _drop_last_line(path: Path) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]))
+
+
+def _bad_cell(path: Path, col: str) -> None:
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame.loc[1, col] = "0.9x"
+    frame.to_csv(path, index=False)
+
+
+DAMAGE = {
+    "trials-cut-mid-row": (lambda d: _cut_last_row(d / "trials.csv"), "trials.csv: row 4 (line 5)"),
+    "trials-lost-last-row": (lambda d: _drop_last_line(d / "trials.csv"),
+                             "trials.csv: 1 of 4 planned trials are missing (first: final-fa-given-s1)"),
+    "epochs-lost-last-row": (lambda d: _drop_last_line(d / "epochs.csv"),
+                             "epochs.csv: trial final-fa-given-s1 (trials.csv row 4) has 1 epoch rows, "
+                             "trials.csv says 2 epochs"),
+    "trials-non-numeric": (lambda d: _bad_cell(d / "trials.csv", "test_acc"),
+                           "trials.csv: row 2 (line 3), column test_acc: '0.9x' is not a number"),
+    "epochs-non-numeric": (lambda d: _bad_cell(d / "epochs.csv", "val_acc"),
+                           "epochs.csv: row 2 (line 3), column val_acc: '0.9x' is not a number"),
+}
+
+
+def test_consistent_planned_results_are_reported(tmp_path, capsys):
+    run = planned_results(tmp_path / "run")
+    assert cli.main(["report", str(run), "--no-figures"]) == 0
+    assert "incomplete or damaged" not in (run / "report.md").read_text()
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_tables_are_refused_or_reported_as_damaged(tmp_path, capsys, damage):
+    run = planned_results(tmp_path / "run")
+    hurt, needle = DAMAGE[damage]
+    hurt(run)
+    assert cli.main(["report", str(run), "--no-figures"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and needle in err and "--allow-incomplete" in err, err
+    assert (run / "report.md").read_text() == "a good report\n" and not (run / "tables").exists()
+
+    assert cli.main(["report", str(run), "--no-figures", "--allow-incomplete"]) == 0
+    text = (run / "report.md").read_text()
+    assert "Warning: these results are incomplete or damaged" in text.split("## Summary")[0]
+    assert needle in text and f"warning: incomplete or damaged results: {run}" in capsys.readouterr().err
+    if damage == "trials-non-numeric":  # the damaged cell is missing, not a number the report made up
+        summary = pd.read_csv(run / "tables" / "summary.csv").set_index("algo")
+        assert summary.loc["bp", "trials"] == 2 and summary.loc["bp", "n"] == 1
