@@ -645,7 +645,8 @@ def write_tables(out_dir: Path, rows: list[dict], epochs: list[dict], log=sys.st
     return trials
 
 
-def _env(spec: SweepSpec, rows: list[dict], started: float, argv: list[str] | None) -> dict:
+def _env(spec: SweepSpec, rows: list[dict], started: float, argv: list[str] | None,
+         resumed_with: dict | None = None) -> dict:
     import ray
     import torch
 
@@ -653,6 +654,8 @@ def _env(spec: SweepSpec, rows: list[dict], started: float, argv: list[str] | No
 
     env = environment(torch.device("cuda" if torch.cuda.is_available() and spec.device != "cpu" else "cpu"))
     env["command"] = argv
+    if resumed_with is not None:  # a resume: the options it applied on top of the plan (none: {})
+        env["resumed_with"] = resumed_with
     env["ray"] = {"cluster_resources": ray.cluster_resources() if ray.is_initialized() else None}
     fps = sorted({r.get("dataset_fingerprint") for r in rows if r.get("dataset_fingerprint")})
     env["dataset"] = {"name": spec.dataset, "fingerprints": fps}
@@ -669,7 +672,8 @@ def _write_plan(out_dir: Path, spec: SweepSpec, plan: dict) -> None:
     store.write_json(out_dir / "plan.json", plan)
 
 
-def execute(out_dir: Path, spec: SweepSpec, plan: dict, *, callbacks=(), argv=None, log=sys.stderr) -> int:
+def execute(out_dir: Path, spec: SweepSpec, plan: dict, *, callbacks=(), argv=None, log=sys.stderr,
+            resumed_with: dict | None = None) -> int:
     """Run the phases that are not finished yet; write the tables after each. Return an exit code."""
     import ray
 
@@ -695,7 +699,7 @@ def execute(out_dir: Path, spec: SweepSpec, plan: dict, *, callbacks=(), argv=No
             rows += phase_rows
             epochs += phase_epochs
             table = write_tables(out_dir, rows, epochs, log)
-            store.write_json(out_dir / "env.json", _env(spec, rows, started, argv))
+            store.write_json(out_dir / "env.json", _env(spec, rows, started, argv, resumed_with))
             if interrupted or unfinished:
                 _interrupted_line(out_dir, phase, planned, unfinished, log)
                 return 130
@@ -710,7 +714,7 @@ def execute(out_dir: Path, spec: SweepSpec, plan: dict, *, callbacks=(), argv=No
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the tables are written before stopping
         try:
             write_tables(out_dir, rows, epochs, log)
-            store.write_json(out_dir / "env.json", _env(spec, rows, started, argv))
+            store.write_json(out_dir / "env.json", _env(spec, rows, started, argv, resumed_with))
         finally:
             signal.signal(signal.SIGINT, previous)
         _interrupted_line(out_dir, phase, planned, unfinished, log)
@@ -872,7 +876,7 @@ def finished_trials(out_dir: Path, spec: SweepSpec, plan: dict) -> int | None:
     return len(planned) if set(planned) <= set(table["trial_id"]) else None
 
 
-def resume_sweep(out_dir: Path, *, address: str | None = None, callbacks=(), argv=None,
+def resume_sweep(out_dir: Path, *, address: str | None = None, num_cpus: int | None = None, callbacks=(), argv=None,
                  log=sys.stderr) -> tuple[Path, int]:
     """Continue an interrupted sweep: finished trials are kept, unfinished ones continue."""
     out_dir = Path(out_dir).resolve()
@@ -884,11 +888,17 @@ def resume_sweep(out_dir: Path, *, address: str | None = None, callbacks=(), arg
         print(f"{out_dir}: the sweep is finished (all {done} planned trials are in trials.csv); nothing to resume, "
               "nothing changed", file=log, flush=True)
         return out_dir, 0
+    resumed_with = {}
     if address is not None:
-        plan["address"] = address
+        plan["address"] = resumed_with["address"] = address
+    if num_cpus is not None:
+        if num_cpus < 1:
+            raise ConfigError(f"--num-cpus must be ≥ 1, got {num_cpus}")
+        spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"num_cpus": num_cpus})})
+        resumed_with["num_cpus"] = num_cpus
     print(f"resuming {out_dir}: Ray Tune restores its own state under {RAW}/ by unpickling it "
           "(resume only directories you created)", file=log, flush=True)
-    return out_dir, execute(out_dir, spec, plan, callbacks=callbacks, argv=argv, log=log)
+    return out_dir, execute(out_dir, spec, plan, callbacks=callbacks, argv=argv, log=log, resumed_with=resumed_with)
 
 
 # =========================================================================== command line
@@ -897,7 +907,8 @@ def cmd_sweep(args) -> int:
 
     argv = sys.argv[:]
     if args.resume:
-        out_dir, code = resume_sweep(Path(args.resume), address=args.address, argv=argv)
+        check_resume_options(args)
+        out_dir, code = resume_sweep(Path(args.resume), address=args.address, num_cpus=args.num_cpus, argv=argv)
     else:
         opts = SweepOptions(
             spec=args.spec or None, algo=args.algo or None, dataset=args.dataset or None,
@@ -908,6 +919,25 @@ def cmd_sweep(args) -> int:
         out_dir, code = new_sweep(opts, argv=argv)
     print(out_dir)
     return code
+
+
+# what --resume cannot honour: the plan (algorithms, configurations, seeds, budgets) is fixed in DIR and
+# Ray Tune restores each phase's trials with the configuration they were planned with
+RESUME_FIXED = {"spec": "--spec", "algo": "--algo", "dataset": "--dataset", "network": "--network",
+                "seeds": "--seeds", "trials": "--trials", "epochs": "--epochs", "set": "--set",
+                "search_only": "--search-only", "final_only": "--final-only", "data_dir": "--data-dir",
+                "max_concurrent": "--max-concurrent", "name": "--name"}
+
+
+def check_resume_options(args) -> None:
+    """Refuse (one line) options that ``--resume`` would otherwise silently ignore."""
+    given = [flag for key, flag in RESUME_FIXED.items() if getattr(args, key, None) not in (None, False, [], "")]
+    if args.results != "results":
+        given.append("--results")
+    if given:
+        raise ConfigError(f"--resume {args.resume} continues the sweep exactly as planned in its plan.json and "
+                          f"spec.yaml; {', '.join(given)} cannot change it (start a new sweep instead); "
+                          "with --resume only --address and --num-cpus apply")
 
 
 def _int_or_empty(value: str) -> int | None:

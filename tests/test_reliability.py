@@ -125,8 +125,11 @@ def test_resume_with_a_damaged_checkpoint_keeps_every_final_row(ray_session, tmp
         ck.write_bytes(b"garbage" * 10)
     log = tmp_path / "log"
     with open(log, "w") as f:
-        out2, code = resume_sweep(out, log=f)
+        out2, code = resume_sweep(out, num_cpus=2, log=f)
     assert code == 0, log.read_text()
+    import json
+
+    assert json.loads((out / "env.json").read_text())["resumed_with"] == {"num_cpus": 2}
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 8 and trials.trial_id.is_unique
     kept = trials.set_index("trial_id").loc[first.trial_id]
@@ -394,3 +397,16 @@ def test_damaged_tables_are_refused_or_reported_as_damaged(tmp_path, capsys, dam
     if damage == "trials-non-numeric":  # the damaged cell is missing, not a number the report made up
         summary = pd.read_csv(run / "tables" / "summary.csv").set_index("algo")
         assert summary.loc["bp", "trials"] == 2 and summary.loc["bp", "n"] == 1
+
+
+# ---------------------------------------------------------------------------- 9. --resume and other options
+@pytest.mark.parametrize("argv,flags", [(["--epochs", "50", "--algo", "rfl"], "--algo, --epochs"),
+                                        (["--set", "lr=0.1"], "--set"), (["--results", "elsewhere"], "--results"),
+                                        (["--search-only"], "--search-only")])
+def test_resume_refuses_options_it_cannot_honour(tmp_path, capsys, argv, flags):
+    run = planned_results(tmp_path / "run")
+    before = snapshot(run)
+    assert cli.main(["sweep", "--resume", str(run), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and f"; {flags} cannot change it" in err, err
+    assert "only --address and --num-cpus apply" in err and snapshot(run) == before
