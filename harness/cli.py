@@ -64,7 +64,8 @@ def cmd_train(args) -> int:
         train["epochs"] = args.epochs
     TrainConfig.build(train, owner="training")
     cfg = {"algo": args.algo, "dataset": args.dataset, "network": args.network, "seed": args.seed,
-           "train": train, "params": params, "data_dir": args.data_dir, "device": args.device}
+           "train": train, "params": params, "data_dir": args.data_dir, "device": args.device,
+           "threads": args.threads}
     trainer = Trainer(cfg)
     out = Path(args.out) if args.out else RESULTS / "train" / (
         f"{args.algo}-{args.dataset}-{trainer.cfg.network}-seed{args.seed}-{utc_stamp()}")
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run directory (resumes if it holds a checkpoint)")
     t.add_argument("--data-dir", default=None, help="dataset folder (default: $CREDITBENCH_DATA_DIR or ~/.cache/creditbench)")
     t.add_argument("--device", default="auto")
+    t.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch (default 1, as each trial of a sweep with one CPU per trial)")
     t.set_defaults(func=cmd_train)
 
     for register in _EXTRA_COMMANDS:

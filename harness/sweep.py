@@ -285,6 +285,7 @@ def _data(t: dict, device):
 
 def trial_config(t: dict, device: str | None = None) -> dict:
     cfg = {k: t[k] for k in TRIAL_FIELDS}
+    cfg["threads"] = max(1, int(t.get("cpus", 1)))  # one thread per CPU the trial holds, as `train --threads`
     if device is not None:
         cfg["device"] = device
     return cfg

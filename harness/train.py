@@ -48,6 +48,8 @@ class TrialConfig(HParams):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     probe_size: int = Field(256, ge=1, description="examples in the fixed probe batch for alignment/diagnostics")
     target_acc: float | None = Field(None, gt=0, le=1, description="report updates/FLOPs to this val accuracy")
+    threads: int = Field(1, ge=1, le=1024, description="CPU threads torch uses while the trial trains "
+                                                      "(part of what makes results reproducible)")
 
 
 DEVICES = "auto, cpu, cuda, cuda:N"
@@ -199,10 +201,15 @@ class Trainer:
         """Train to convergence (or resume an interrupted trial in ``out_dir``); return the summary.
 
         ``out_dir`` is locked while the trial runs: a second run into it is refused."""
-        if out_dir is None:
-            return self._run(None, on_epoch=on_epoch, log=log)
-        with store.locked(Path(out_dir)):
-            return self._run(Path(out_dir), on_epoch=on_epoch, log=log)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.cfg.threads)  # the trial's own setting, not the environment's
+        try:
+            if out_dir is None:
+                return self._run(None, on_epoch=on_epoch, log=log)
+            with store.locked(Path(out_dir)):
+                return self._run(Path(out_dir), on_epoch=on_epoch, log=log)
+        finally:
+            torch.set_num_threads(threads)
 
     def _run(self, out_dir: Path | None, *, on_epoch, log) -> dict:
         if out_dir is not None and (out_dir / CHECKPOINT).exists():

@@ -410,3 +410,32 @@ def test_resume_refuses_options_it_cannot_honour(tmp_path, capsys, argv, flags):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and f"; {flags} cannot change it" in err, err
     assert "only --address and --num-cpus apply" in err and snapshot(run) == before
+
+
+# ---------------------------------------------------------------------------- 10. threads are part of the trial
+def test_threads_are_set_recorded_and_checked_on_resume(digits, tmp_path):
+    import json
+
+    import torch
+
+    from harness.errors import CreditbenchError
+    from harness.train import Trainer
+    from tests.conftest import tiny_trial
+
+    outside = torch.get_num_threads()
+    seen = []
+    t = Trainer(tiny_trial("bp", train={"epochs": 1}), data=digits)
+    t.run(tmp_path, on_epoch=lambda row, tr: seen.append(torch.get_num_threads()), log=open(os.devnull, "w"))
+    assert seen == [1] and torch.get_num_threads() == outside  # default 1 while training, restored after
+    assert json.loads((tmp_path / "config.json").read_text())["threads"] == 1
+    assert json.loads((tmp_path / "summary.json").read_text())["config"]["threads"] == 1
+    with pytest.raises(CreditbenchError, match=r"different trial \(differs in: threads\)"):
+        Trainer(tiny_trial("bp", train={"epochs": 2}, threads=2), data=digits).run(tmp_path, log=open(os.devnull, "w"))
+
+
+def test_sweep_trials_use_one_thread_per_cpu():
+    from harness.sweep import trial_config
+
+    t = {k: None for k in ("algo", "dataset", "network", "seed", "train", "params", "data_dir", "split_seed",
+                           "val_size", "device", "probe_size", "target_acc")}
+    assert trial_config({**t, "cpus": 1})["threads"] == 1 and trial_config({**t, "cpus": 2.0})["threads"] == 2
