@@ -25,20 +25,50 @@ NAME_RULE = "letters, digits, '-', '_' and '.' (starting with a letter, digit or
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
+TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # as open() would create it (mkstemp makes 0600)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(path: Path, write) -> None:
+    """``write(binary_file)`` into a temporary sibling of ``path``, then rename it into place."""
+    _atomic(path, write)
+
+
+def remove_orphans(directory: Path) -> list[Path]:
+    """Remove the temporary files of atomic writes that an interrupted process left in ``directory``
+    (``.<name>.<random>.tmp``). Call it only while no other process writes there (e.g. under
+    :func:`locked`)."""
+    removed = []
+    for tmp in Path(directory).glob(f".*{TMP_SUFFIX}"):
+        if tmp.is_file() and tmp.name.count(".") >= 3:
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -118,7 +148,7 @@ LOCK = ".lock"
 
 
 @contextlib.contextmanager
-def locked(directory: Path, what: str = "run directory"):
+def locked(directory: Path, what: str = "run directory", hint: str = "wait for it to finish or use another --out"):
     """Hold an exclusive lock on ``directory`` (``fcntl.flock`` on ``directory/.lock``) while the block
     runs; another holder makes this a one-line :class:`ResultsError`. The kernel releases the lock when
     its process ends, however it ends, so a lock file left by a dead process never blocks."""
@@ -132,7 +162,7 @@ def locked(directory: Path, what: str = "run directory"):
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             raise ResultsError(f"{directory}: {what} in use by another creditbench process"
                                + (f" (pid {holder})" if holder.isdigit() else "")
-                               + "; wait for it to finish or use another --out") from None
+                               + f"; {hint}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield directory

@@ -389,7 +389,9 @@ def _progress_callback(phase: str, scheduler: bool = False):
             r = trial.last_result or {}
             t = trial.config["trial"]
             self.done += 1
-            acc = lambda k: f"{r[k]:.4f}" if isinstance(r.get(k), (int, float)) else "-"  # noqa: E731
+            # a trial without a valid epoch (diverged at once) has no best accuracy yet (the Trainer's -1)
+            acc = lambda k: (f"{r[k]:.4f}" if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])  # noqa: E731
+                             and r[k] >= 0 else "-")
             print(f"[{phase}] {t['trial_id']:<28} {what:<9} epochs {r.get('epoch', 0):>3}  "
                   f"best val {acc('best_val_acc')}  test {acc('best_test_acc')}", file=sys.stderr, flush=True)
 
@@ -675,11 +677,20 @@ def _write_plan(out_dir: Path, spec: SweepSpec, plan: dict) -> None:
 
 def execute(out_dir: Path, spec: SweepSpec, plan: dict, *, callbacks=(), argv=None, log=sys.stderr,
             resumed_with: dict | None = None) -> int:
-    """Run the phases that are not finished yet; write the tables after each. Return an exit code."""
-    import ray
+    """Run the phases that are not finished yet; write the tables after each. Return an exit code.
 
+    The results directory is locked meanwhile: a second sweep (or resume) into it is refused."""
     started = time.time()
     trials_root = (out_dir / RAW / "trials").resolve()
+    with store.locked(out_dir, "sweep directory", hint="wait for that sweep to finish"):
+        store.remove_orphans(out_dir)  # temporary files of table writes an interrupted sweep left behind
+        return _execute(out_dir, spec, plan, callbacks=callbacks, argv=argv, log=log, resumed_with=resumed_with,
+                        started=started, trials_root=trials_root)
+
+
+def _execute(out_dir, spec, plan, *, callbacks, argv, log, resumed_with, started, trials_root) -> int:
+    import ray
+
     rows: list[dict] = []
     epochs: list[dict] = []
     owns_ray = False
@@ -769,13 +780,16 @@ def new_sweep(opts: SweepOptions, *, callbacks=(), argv=None, log=sys.stderr) ->
 
     store.check_writable(opts.results_root, "--results")  # before the spec's data is loaded
     spec, plan = resolve(opts)
-    out_dir = Path(opts.results_root) / f"{spec.name}-{utc_stamp()}"
+    out_dir = Path(opts.results_root).resolve() / f"{spec.name}-{utc_stamp()}"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     n = 1
-    while out_dir.exists():
-        out_dir = Path(opts.results_root) / f"{spec.name}-{utc_stamp()}-{n}"
-        n += 1
-    out_dir = out_dir.resolve()
-    out_dir.mkdir(parents=True)
+    while True:  # mkdir is the test: two sweeps of one name started in the same second get different folders
+        try:
+            out_dir.mkdir()
+            break
+        except FileExistsError:
+            out_dir = out_dir.parent / f"{spec.name}-{utc_stamp()}-{n}"
+            n += 1
     _write_plan(out_dir, spec, plan)
     return out_dir, execute(out_dir, spec, plan, callbacks=callbacks, argv=argv, log=log)
 

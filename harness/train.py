@@ -212,9 +212,13 @@ class Trainer:
             torch.set_num_threads(threads)
 
     def _run(self, out_dir: Path | None, *, on_epoch, log) -> dict:
+        if out_dir is not None:
+            store.remove_orphans(out_dir)  # temporary files of writes a killed run left behind
         if out_dir is not None and (out_dir / CHECKPOINT).exists():
             self.load_checkpoint(out_dir / CHECKPOINT)
             print(f"resuming {self.cfg.algo} from epoch {self.epoch} ({out_dir})", file=log)
+            if self.status == "running" and (out_dir / "summary.json").exists():
+                (out_dir / "summary.json").unlink()  # training continues: the old summary is stale
         if out_dir is not None:
             store.write_json(out_dir / "config.json", self.resolved)
         if self.epoch == 0 and self.status == "running":

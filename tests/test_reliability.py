@@ -439,3 +439,118 @@ def test_sweep_trials_use_one_thread_per_cpu():
     t = {k: None for k in ("algo", "dataset", "network", "seed", "train", "params", "data_dir", "split_seed",
                            "val_size", "device", "probe_size", "target_acc")}
     assert trial_config({**t, "cpus": 1})["threads"] == 1 and trial_config({**t, "cpus": 2.0})["threads"] == 2
+
+
+# ---------------------------------------------------------------------------- 11. smaller gaps
+def test_extending_a_finished_trial_removes_its_stale_summary_and_orphans(digits, tmp_path):
+    from harness.train import Trainer
+    from tests.conftest import tiny_trial
+
+    quiet = open(os.devnull, "w")
+    Trainer(tiny_trial("bp", train={"epochs": 1}), data=digits).run(tmp_path, log=quiet)
+    orphan = tmp_path / ".epochs.csv.k3j2h1.tmp"  # an atomic write a killed run never renamed
+    orphan.write_text("half")
+    seen = []
+
+    def on_epoch(row, tr):
+        seen.append(((tmp_path / "summary.json").exists(), orphan.exists()))
+
+    s = Trainer(tiny_trial("bp", train={"epochs": 2}), data=digits).run(tmp_path, on_epoch=on_epoch, log=quiet)
+    assert seen == [(False, False)] and s["epochs"] == 2
+    assert (tmp_path / "summary.json").is_file()
+
+
+def test_result_files_respect_the_umask(tmp_path):
+    from harness import store
+
+    old = os.umask(0o022)
+    try:
+        store.write_text(tmp_path / "a.txt", "x")
+        os.umask(0o077)
+        store.write_text(tmp_path / "b.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_figures_are_written_atomically(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harness import report_figures
+
+    path = tmp_path / "fig.png"
+    path.write_bytes(b"good figure")
+    fig = plt.figure()
+
+    def broken(*args, **kwargs):
+        kwargs_file = args[0]
+        kwargs_file.write(b"half a png")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fig, "savefig", broken)
+    with pytest.raises(KeyboardInterrupt):
+        report_figures._save(fig, path)
+    assert path.read_bytes() == b"good figure" and sorted(p.name for p in tmp_path.iterdir()) == ["fig.png"]
+
+
+def test_missing_offline_dataset_leaves_no_folders(tmp_path, monkeypatch):
+    from urllib.error import URLError
+
+    import torchvision.datasets.mnist as mnist
+
+    from harness.datasets import check_available
+    from harness.errors import DataError
+
+    monkeypatch.setattr(mnist, "download_and_extract_archive",
+                        lambda *a, **k: (_ for _ in ()).throw(URLError("offline")))
+    root = tmp_path / "data"
+    with pytest.raises(DataError, match="offline, put the files"):
+        check_available("mnist", root)
+    assert not root.exists()
+
+
+def test_damaged_idx_files_are_called_damaged(tmp_path):
+    from harness.datasets import load_dataset
+    from harness.errors import DataError
+    from tests.datafiles import write_idx
+
+    raw = write_idx(tmp_path, "MNIST")
+    data = (raw / "train-images-idx3-ubyte").read_bytes()
+    (raw / "train-images-idx3-ubyte").write_bytes(data[: len(data) // 3])
+    with pytest.raises(DataError) as err:
+        load_dataset("mnist", data_dir=tmp_path, val_size=50)
+    msg = str(err.value)
+    assert "damaged or truncated" in msg and str(raw) in msg and "offline" not in msg and "\n" not in msg
+
+
+def test_progress_line_of_a_trial_without_a_valid_epoch(capsys):
+    from types import SimpleNamespace
+
+    from harness.sweep import _progress_callback
+
+    cb = _progress_callback("search")
+    cb.setup()
+    trial = SimpleNamespace(last_result={"trial_status": "diverged", "epoch": 1, "best_val_acc": -1.0,
+                                         "best_test_acc": float("nan")},
+                            config={"trial": {"trial_id": "search-bp-c00-s0"}})
+    cb.on_trial_complete(0, [], trial)
+    line = capsys.readouterr().err
+    assert "diverged" in line and "best val -  test -" in line and "-1.0000" not in line
+
+
+def test_two_sweeps_of_one_name_in_one_second_get_two_folders(tmp_path, monkeypatch):
+    import harness.cli
+    import harness.sweep as sweep
+
+    monkeypatch.setattr(harness.cli, "utc_stamp", lambda: "20260101T000000Z")
+    monkeypatch.setattr(sweep, "execute", lambda out_dir, *a, **k: 0)
+    real_exists = Path.exists
+    # the other sweep creates the folder between this one's check and its mkdir
+    monkeypatch.setattr(Path, "exists", lambda self: False if self.name.startswith("tiny-2026") else real_exists(self))
+    (tmp_path / "results" / "tiny-20260101T000000Z").mkdir(parents=True)
+    out, code = sweep.new_sweep(sweep.SweepOptions(spec=str(tiny_spec(tmp_path)), results_root=tmp_path / "results"))
+    assert code == 0 and out.name == "tiny-20260101T000000Z-1"
