@@ -341,8 +341,9 @@ def tune_trainable(config: dict) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(trial_dir)))
 
     ck = tune.get_checkpoint()
-    if ck is None:
-        train_trial(t, checkpoint_dir=None, report=report, device=device)
+    if ck is None:  # a continuation (see execute) starts from the checkpoint its first experiment left
+        start = t.get("resume_from")
+        train_trial(t, checkpoint_dir=start if start and Path(start).is_dir() else None, report=report, device=device)
     else:
         with ck.as_directory() as d:
             train_trial(t, checkpoint_dir=d, report=report, device=device)
@@ -487,8 +488,16 @@ def run_phase(phase: str, trials: list[dict], spec: SweepSpec, out_dir: Path, *,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=[_progress_callback(phase, _has_scheduler(spec, phase)), *callbacks]),
         )
-    grid = tuner.fit()
-    interrupted = grid.num_terminated + grid.num_errors < len(grid)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        grid = tuner.fit()
+    finally:
+        after = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, before)  # Tune leaves its handler installed: a later Ctrl+C would do nothing
+    # Tune stops for Ctrl+C by marking every trial terminated (so the counts cannot tell); its handler puts
+    # the previous one back when a signal arrives, which is how an interruption is told from the end
+    by_signal = after is before and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") or 0)
+    interrupted = by_signal or grid.num_terminated + grid.num_errors < len(grid)
     return grid, interrupted
 
 
@@ -559,6 +568,19 @@ def collect(grid, planned: list[dict], *, interrupted: bool = False, scheduler: 
         epochs += epoch_rows(history, trial_id=t["trial_id"], phase=t["phase"], config_id=t["config_id"],
                              algo=t["algo"], seed=t["seed"])
     return rows, epochs, unfinished
+
+
+MAX_CONTINUATIONS = 3
+
+
+def _checkpoint_dirs(grid, trial_ids: set) -> dict:
+    """trial id → local directory of its latest Tune checkpoint, for the trials in ``trial_ids``."""
+    out = {}
+    for result in grid if grid is not None else ():
+        tid = _result_trial_id(result)
+        if tid in trial_ids and result.checkpoint is not None and Path(result.checkpoint.path).is_dir():
+            out[tid] = result.checkpoint.path
+    return out
 
 
 def _result_trial_id(result) -> str | None:
@@ -708,6 +730,22 @@ def _execute(out_dir, spec, plan, *, callbacks, argv, log, resumed_with, started
                 grid, interrupted = _saved_grid(phase, out_dir), True
             phase_rows, phase_epochs, unfinished = collect(grid, planned, interrupted=interrupted,
                                                            scheduler=_has_scheduler(spec, phase), log=log)
+            for k in range(1, MAX_CONTINUATIONS + 1):
+                if interrupted or not unfinished:
+                    break
+                # Tune ended these trials (e.g. stopping them for an interruption) before their Trainer
+                # finished: Tune will not run them again, so they continue from their last checkpoint in a
+                # continuation experiment of their own
+                starts = _checkpoint_dirs(grid, unfinished)
+                retry = [{**t, "resume_from": starts.get(t["trial_id"])} for t in planned if t["trial_id"] in unfinished]
+                print(f"[{phase}] {len(retry)} trial(s) ended before they finished: continuing them "
+                      f"({', '.join(t['trial_id'] for t in retry)})", file=log, flush=True)
+                try:
+                    grid, interrupted = run_phase(f"{phase}-continue{k}", retry, spec, out_dir, callbacks=callbacks)
+                except KeyboardInterrupt:
+                    grid, interrupted = _saved_grid(f"{phase}-continue{k}", out_dir), True
+                more_rows, more_epochs, unfinished = collect(grid, retry, interrupted=interrupted, log=log)
+                phase_rows, phase_epochs = phase_rows + more_rows, phase_epochs + more_epochs
             rows += phase_rows
             epochs += phase_epochs
             table = write_tables(out_dir, rows, epochs, log)

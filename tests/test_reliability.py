@@ -554,3 +554,42 @@ def test_two_sweeps_of_one_name_in_one_second_get_two_folders(tmp_path, monkeypa
     (tmp_path / "results" / "tiny-20260101T000000Z").mkdir(parents=True)
     out, code = sweep.new_sweep(sweep.SweepOptions(spec=str(tiny_spec(tmp_path)), results_root=tmp_path / "results"))
     assert code == 0 and out.name == "tiny-20260101T000000Z-1"
+
+
+@pytest.mark.slow
+def test_a_trial_tune_ended_before_it_finished_continues_from_its_checkpoint(ray_session, tmp_path, monkeypatch):
+    """Tune ends a running trial (as when it stops trials for an interruption): that trial is not
+    finished, and since Tune will not run it again, it continues from its checkpoint."""
+    import harness.sweep as sweep
+    from ray.tune.stopper import Stopper
+
+    flag = tmp_path / "stopped-once"
+
+    class StopOnceEarly(Stopper):
+        def __call__(self, trial_id, result):
+            if result.get("trial_status", "running") != "running":
+                return True
+            if result.get("epoch") == 1 and not flag.exists():
+                flag.write_text("x")
+                return True  # ends the trial while its Trainer is still running
+            return False
+
+        def stop_all(self):
+            return False
+
+    monkeypatch.setattr(sweep, "_make_stopper", StopOnceEarly)
+    spec = tiny_spec(tmp_path, algorithms=["bp"], budgets={"search_trials": 2, "search_epochs": 3},
+                     resources={"max_concurrent": 1})
+    log = tmp_path / "log"
+    with open(log, "w") as f:
+        out, code = sweep.new_sweep(sweep.SweepOptions(spec=str(spec), results_root=tmp_path / "results",
+                                                       search_only=True), log=f)
+    assert code == 0, log.read_text()
+    assert flag.exists() and "ended before they finished: continuing them" in log.read_text()
+    trials = pd.read_csv(out / "trials.csv")
+    assert sorted(trials.trial_id) == ["search-bp-c00-s0", "search-bp-c01-s0"]
+    assert (trials.status == "ok").all() and (trials.epochs == 3).all()
+    epochs = pd.read_csv(out / "epochs.csv")
+    assert sorted(epochs.groupby("trial_id").epoch.apply(list).tolist()) == [[1, 2, 3]] * 2
+    logs = [(out / "raw" / "trials" / t / "train.log").read_text() for t in trials.trial_id]
+    assert sum("resuming bp from epoch 1" in text for text in logs) == 1
