@@ -228,16 +228,19 @@ def cmd_new_algorithm(args) -> int:
 def cmd_train(args) -> int:
     from harness.hparams import TrainConfig, parse_assignments, split_overrides
     from harness.registry import get_algorithm
-    from harness.store import to_json
-    from harness.train import Trainer
+    from harness.store import check_writable, to_json
+    from harness.train import Trainer, resolve_device
 
+    resolve_device(args.device)  # before any data is loaded
+    check_writable(Path(args.out) if args.out else RESULTS / "train", "--out")
     algo_cls = get_algorithm(args.algo)
     train, params = split_overrides(parse_assignments(args.set), algo_cls.Params, args.algo)
     if args.epochs is not None:
         train["epochs"] = args.epochs
     TrainConfig.build(train, owner="training")
     cfg = {"algo": args.algo, "dataset": args.dataset, "network": args.network, "seed": args.seed,
-           "train": train, "params": params, "data_dir": args.data_dir, "device": args.device}
+           "train": train, "params": params, "data_dir": args.data_dir, "device": args.device,
+           "threads": args.threads}
     trainer = Trainer(cfg)
     out = Path(args.out) if args.out else RESULTS / "train" / (
         f"{args.algo}-{args.dataset}-{trainer.cfg.network}-seed{args.seed}-{utc_stamp()}")
@@ -275,6 +278,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                                "(default: results/train/<algo>-<dataset>-<network>-seed<seed>-<UTC time>)")
     t.add_argument("--data-dir", default=None, help="dataset folder (default: $CREDITBENCH_DATA_DIR or ~/.cache/creditbench)")
     t.add_argument("--device", default="auto", choices=DeviceChoices(), help="auto: CUDA when present")
+    t.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch (as each trial of a sweep with one CPU per trial)")
     t.set_defaults(func=cmd_train)
 
     n = sub.add_parser("new-algorithm", help="write a skeleton algorithm plugin and its oracle test",

@@ -120,11 +120,19 @@ def _load_idx(cls_name: str, folder: str, system_dir: Path | None = None):
                     with gzip.open(src, "rb") as fin:  # atomic: concurrent trials may do this at once
                         store.write_bytes(raw / f, fin.read())
         missing = _idx_missing(folder)(root)
+        created = [d for d in (root, root / folder, raw) if not d.exists()]  # what a failed download leaves
         cls = getattr(torchvision.datasets, cls_name)
         try:
             train = cls(str(root), train=True, download=bool(missing))
             test = cls(str(root), train=False, download=False)
         except Exception as exc:
+            for d in reversed(created):  # leave no empty folders behind
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
+            if not missing:  # every file is there: they are damaged, not absent
+                raise DataError(_damaged_message(cls_name, raw, exc)) from None
             raise DataError(_missing_message(cls_name, raw, IDX_FILES, exc)) from None
         return (train.data.numpy()[:, None], train.targets.numpy(), test.data.numpy()[:, None], test.targets.numpy())
 
@@ -148,6 +156,12 @@ def _load_cifar10(root: Path):
         raise DataError(_missing_message("CIFAR-10", root / "cifar-10-batches-py", CIFAR_FILES, exc)) from None
     to_nchw = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2))  # noqa: E731
     return to_nchw(train.data), np.asarray(train.targets), to_nchw(test.data), np.asarray(test.targets)
+
+
+def _damaged_message(what: str, folder: Path, exc: Exception) -> str:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"{what} files in {folder} could not be read ({type(exc).__name__}: {reason[:160]}): they are damaged "
+            "or truncated; replace them with good copies (or delete them to download them again when online)")
 
 
 def _missing_message(what: str, folder: Path, files, exc: Exception) -> str:

@@ -37,12 +37,15 @@ FIGURE_CAPTIONS = {
 
 def build_report(dirs: list[Path | str], out: Path | str | None = None, *, reference: str = "bp",
                  target: str = "95%", target_metric: str = "val_acc", command: str | None = None,
-                 figures: bool = True) -> dict:
+                 figures: bool = True, allow_incomplete: bool = False) -> dict:
     """Write the report; return {"report": path, "figures": [...], "tables": [...], "summary": frame}."""
     from harness import report_figures as figs
 
     parse_target(target)  # fail before any work on a bad --target
-    results = load_results(list(dirs))
+    if out is not None or (len(dirs) == 1 and Path(dirs[0]).is_dir()):  # an output location we cannot write is refused before reading
+        store.check_writable(Path(out) if out is not None else Path(dirs[0]), "--out" if out is not None else "report in")
+    results = load_results(list(dirs), allow_incomplete=allow_incomplete)
+    check_reference(reference, results)
     if out is None:
         if len(results.sources) > 1:
             from harness.errors import ResultsError
@@ -116,7 +119,24 @@ def build_report(dirs: list[Path | str], out: Path | str | None = None, *, refer
                            reference=reference, target=target, target_metric=target_metric, command=command)
     store.write_text(out / "report.md", text)
     return {"report": out / "report.md", "figures": figures, "tables": tables, "summary": summary,
-            "skipped": skipped}
+            "skipped": skipped, "problems": list(results.problems)}
+
+
+def check_reference(reference: str, results: Results) -> None:
+    """``--reference`` names an algorithm of these results (or a registered one, whose absence the
+    report notes); anything else, e.g. a typo, is refused before anything is written."""
+    from harness.errors import UnknownNameError
+    from harness.registry import algorithm_names
+
+    present = sorted(set(results.trials["algo"]))
+    if reference in present:
+        return
+    try:
+        registered = algorithm_names()
+    except Exception:  # noqa: BLE001  a broken plugin: only the results' own algorithms count
+        registered = []
+    if reference not in registered:
+        raise UnknownNameError("reference algorithm (--reference)", reference, present)
 
 
 def _frame_latex(frame: pd.DataFrame, caption: str, label: str) -> str:
@@ -144,6 +164,11 @@ def render_markdown(results: Results, out: Path, summary, hparams, protocol, fai
     lines += [f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from "
               f"{len(results.sources)} results director{'y' if len(results.sources) == 1 else 'ies'}: "
               + ", ".join(f"`{s.label}`" for s in results.sources) + ".", ""]
+    if results.problems:
+        lines += [f"> **Warning: these results are incomplete or damaged** ({len(results.problems)} problem(s), "
+                  "reported with `--allow-incomplete`): the numbers below use only the rows that could be read "
+                  "and may change when the results are complete.", ">"]
+        lines += [f"> - {problem}" for problem in results.problems] + [""]
     versions = version_differences(results)
     if versions:
         lines += [f"> **Warning: these results were produced with different package versions** ({'; '.join(versions)}): "
@@ -312,6 +337,9 @@ def add_parser(sub) -> None:
                    help="which epochs.csv curve must reach the target (default: val_acc)")
     r.add_argument("--reference", default="bp", help="algorithm the ratios and differences are taken against")
     r.add_argument("--no-figures", action="store_true", help="write the tables and report.md only (faster)")
+    r.add_argument("--allow-incomplete", action="store_true",
+                   help="report damaged or incomplete results (missing planned trials, truncated tables, "
+                        "non-numeric cells) with the damage listed at the top, instead of refusing them")
     r.add_argument("--results-root", default="results",
                    help="where to look for the newest results directory when no DIR is given (default: results)")
     r.set_defaults(func=cmd_report)
@@ -321,7 +349,10 @@ def cmd_report(args) -> int:
     dirs = args.dirs or [newest_results_dir(Path(args.results_root))]
     command = "creditbench report " + " ".join(shlex.quote(str(a)) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
     out = build_report(dirs, args.out, reference=args.reference, target=args.target,
-                       target_metric=args.target_metric, command=command, figures=not args.no_figures)
+                       target_metric=args.target_metric, command=command, figures=not args.no_figures,
+                       allow_incomplete=args.allow_incomplete)
+    for problem in out["problems"]:
+        print(f"warning: incomplete or damaged results: {problem}", file=sys.stderr)
     summary = out["summary"]
     for (dataset, network), s in (summary.groupby(["dataset", "network"]) if not summary.empty else []):
         print(f"\n{dataset} / {network}")

@@ -24,7 +24,14 @@ from harness.hparams import TrainConfig
 
 REQUIRED_TRIAL_COLUMNS = ("trial_id", "phase", "algo", "dataset", "network", "seed", "status")
 PHASES = ("search", "final")
-STATUSES = ("ok", "diverged", "failed", "stopped")
+STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")
+# columns that hold numbers (an empty cell is a missing value; anything else non-numeric is damage)
+TRIAL_NUMERIC = ("seed", "epochs", "best_epoch", "best_val_acc", "test_acc", "final_test_acc", "updates",
+                 "peak_memory_bytes", "wall_time_s", "pretrain_flops")
+EPOCH_NUMERIC = ("epoch", "updates", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                 "wall_time_s", "seconds_per_update", "peak_memory_bytes")
+NUMERIC_PREFIXES = ("flops_", "seconds_per_update", "angle_l")
+INCOMPLETE_HINT = "repair or re-run it, or report what is there with --allow-incomplete"
 SAMPLERS = ("loguniform", "uniform", "choice", "randint", "quniform", "qloguniform", "grid", "grid_search")
 GROUP = ["dataset", "network"]
 
@@ -47,6 +54,7 @@ class Results:
     trials: pd.DataFrame  # every trial; column ``source`` is the Source label
     epochs: pd.DataFrame  # every trial-epoch; column ``source``
     fingerprints: dict = field(default_factory=dict)  # dataset -> fingerprint (from env.json)
+    problems: list = field(default_factory=list)  # damage found and accepted with --allow-incomplete
 
     def groups(self) -> list[tuple[str, str]]:
         keys = self.trials[GROUP].drop_duplicates().sort_values(GROUP)
@@ -71,6 +79,111 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
         raise ResultsError(f"{path}: cannot read {what}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
 
+def _read_checked(path: Path, what: str, numeric: tuple, problems: list) -> pd.DataFrame:
+    """A table, cross-checked as it is read: every row has the header's number of fields, the file
+    ends with a complete line, and numeric columns hold numbers. Each problem is appended to
+    ``problems`` as a one-line message naming the file and row (line); bad rows are dropped and bad
+    cells become missing, so that what remains is exactly what the file says."""
+    import csv
+    import io
+
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{path}: cannot read {what}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    if not text.strip():
+        return pd.DataFrame()
+    records, lines = [], []  # each record and the line it starts on
+    try:
+        reader = csv.reader(io.StringIO(text), strict=True)
+        start = 1
+        for record in reader:
+            records.append(record)
+            lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise ResultsError(f"{path}: cannot read {what}: {exc} (line {start})") from None
+    header, rows, at = records[0], records[1:], lines[1:]
+    keep, good_lines = [], []
+    for i, (row, line) in enumerate(zip(rows, at)):
+        if not row:
+            continue
+        if len(row) != len(header):
+            problems.append(f"{path}: row {i + 1} (line {line}) has {len(row)} fields, the header {len(header)}: "
+                            "truncated or damaged")
+        elif i == len(rows) - 1 and not text.endswith("\n"):
+            problems.append(f"{path}: row {i + 1} (line {line}) is cut off (no end of line): truncated file")
+        else:
+            keep.append(row)
+            good_lines.append(line)
+    out = io.StringIO()
+    csv.writer(out).writerows([header, *keep])
+    frame = pd.read_csv(io.StringIO(out.getvalue()))
+    raw = pd.read_csv(io.StringIO(out.getvalue()), dtype=str, keep_default_na=False)
+    for col in frame.columns:
+        if not (col in numeric or str(col).startswith(NUMERIC_PREFIXES)) or pd.api.types.is_numeric_dtype(frame[col]):
+            continue
+        values = pd.to_numeric(frame[col], errors="coerce")
+        bad = values.isna() & (raw[col].str.strip() != "") & ~raw[col].str.strip().str.lower().isin(["nan", "none"])
+        for idx in frame.index[bad]:
+            problems.append(f"{path}: row {idx + 1} (line {good_lines[idx]}), column {col}: "
+                            f"{raw.at[idx, col][:40]!r} is not a number")
+        frame[col] = values
+    return frame
+
+
+def _planned_ids(p: Path, problems: list) -> list[str] | None:
+    """The trial ids ``plan.json`` (with ``spec.yaml``'s seeds) says the sweep runs; None without a plan."""
+    try:
+        plan = json.loads((p / "plan.json").read_text())
+        seeds = yaml.safe_load((p / "spec.yaml").read_text())["seeds"]
+        mode, configs, selected = plan["mode"], plan["configs"], plan["selected"]
+        ids = []
+        if mode in ("both", "search"):
+            ids += [f"search-{c['config_id']}-s{seeds[0]}" for a in plan["algorithms"] for c in configs[a]]
+        if mode == "both" and not selected:
+            problems.append(f"{p / 'plan.json'}: the final phase has not run (no configuration selected yet)")
+        elif mode in ("both", "final"):
+            ids += [f"final-{selected.get(a, configs[a][0]['config_id'])}-s{s}" for a in plan["algorithms"]
+                    for s in seeds]
+        return ids
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, yaml.YAMLError) as exc:
+        problems.append(f"{p / 'plan.json'}: cannot tell which trials were planned ({type(exc).__name__})")
+        return None
+
+
+def cross_check(p: Path, trials: pd.DataFrame, epochs: pd.DataFrame | None, problems: list) -> None:
+    """What the tables say against each other and against plan.json: every planned trial once, and
+    as many epochs.csv rows (1..n) per trial as trials.csv's ``epochs``."""
+    ids = trials["trial_id"].astype(str)
+    planned = _planned_ids(p, problems)
+    if planned is not None:
+        missing = [t for t in planned if t not in set(ids)]
+        extra = sorted(set(ids) - set(planned))
+        if missing:
+            problems.append(f"{p / 'trials.csv'}: {len(missing)} of {len(planned)} planned trials are missing "
+                            f"(first: {missing[0]}): the sweep is unfinished or the file truncated")
+        if extra:
+            problems.append(f"{p / 'trials.csv'}: trial {extra[0]} is not in plan.json")
+    dup = ids[ids.duplicated()]
+    if not dup.empty:
+        problems.append(f"{p / 'trials.csv'}: trial {dup.iloc[0]} appears more than once")
+    if epochs is None or "epochs" not in trials.columns:
+        return
+    counts = epochs.groupby(epochs["trial_id"].astype(str))["epoch"].apply(
+        lambda e: sorted(pd.to_numeric(e, errors="coerce").dropna().astype(int))) if not epochs.empty else {}
+    for i, row in trials.iterrows():
+        n = pd.to_numeric(row["epochs"], errors="coerce")
+        if pd.isna(n):
+            continue
+        got = counts.get(str(row["trial_id"]), []) if len(counts) else []
+        if list(got) != list(range(1, int(n) + 1)):
+            problems.append(f"{p / 'epochs.csv'}: trial {row['trial_id']} (trials.csv row {i + 1}) has "
+                            f"{len(got)} epoch rows, trials.csv says {int(n)} epochs: truncated or damaged")
+
+
 def _read_optional(path: Path, parse) -> tuple[object, str | None]:
     if not path.is_file():
         return None, None
@@ -91,7 +204,10 @@ def _labels(paths: list[Path]) -> list[str]:
         depth += 1
 
 
-def load_results(dirs: list[Path | str]) -> Results:
+def load_results(dirs: list[Path | str], *, allow_incomplete: bool = False) -> Results:
+    """Load and check results directories. Damage or incompleteness (see :func:`cross_check`) is a
+    one-line ResultsError naming the file and row, unless ``allow_incomplete``: then it is kept in
+    ``Results.problems`` for the report to show, and only what the files really say is used."""
     if not dirs:
         raise ResultsError("no results directory given; name one or more: creditbench report DIR [DIR ...]")
     paths = [Path(d).expanduser().resolve() for d in dirs]
@@ -106,9 +222,10 @@ def load_results(dirs: list[Path | str]) -> Results:
             raise ResultsError(f"{given} is not a directory; expected a results directory with trials.csv")
         if not (p / "trials.csv").is_file():
             raise ResultsError(f"{given} holds no trials.csv: not a results directory (or the sweep wrote nothing yet)")
-    sources, trial_frames, epoch_frames = [], [], []
+    sources, trial_frames, epoch_frames, problems = [], [], [], []
     for p, label in zip(paths, _labels(paths)):
-        trials = _read_csv(p / "trials.csv", "trials.csv")
+        found: list[str] = []
+        trials = _read_checked(p / "trials.csv", "trials.csv", TRIAL_NUMERIC, found)
         if trials.empty:
             raise ResultsError(f"{p / 'trials.csv'} has no trials")
         missing = [c for c in REQUIRED_TRIAL_COLUMNS if c not in trials.columns]
@@ -120,9 +237,15 @@ def load_results(dirs: list[Path | str]) -> Results:
         bad_status = sorted(set(trials["status"].astype(str)) - set(STATUSES))
         if bad_status:
             raise ResultsError(f"{p / 'trials.csv'}: unknown status '{bad_status[0]}'; valid: {', '.join(STATUSES)}")
-        epochs = _read_csv(p / "epochs.csv", "epochs.csv") if (p / "epochs.csv").is_file() else pd.DataFrame()
+        has_epochs = (p / "epochs.csv").is_file()
+        epochs = _read_checked(p / "epochs.csv", "epochs.csv", EPOCH_NUMERIC, found) if has_epochs else pd.DataFrame()
         if not epochs.empty and not {"trial_id", "epoch"} <= set(epochs.columns):
             raise ResultsError(f"{p / 'epochs.csv'} lacks trial_id/epoch columns: not the harness.results format")
+        cross_check(p, trials, epochs if has_epochs else None, found)
+        if found and not allow_incomplete:
+            more = f" (and {len(found) - 1} more problem(s))" if len(found) > 1 else ""
+            raise ResultsError(f"{found[0]}{more}; {INCOMPLETE_HINT}")
+        problems += found
         spec, spec_text = _read_optional(p / "spec.yaml", yaml.safe_load)
         env, env_text = _read_optional(p / "env.json", json.loads)
         sources.append(Source(p, label, spec, spec_text, env, env_text))
@@ -143,7 +266,7 @@ def load_results(dirs: list[Path | str]) -> Results:
         # trial ids are unique per directory, not across directories
         epochs = epochs.merge(trials[["source", "trial_id", "dataset", "network"]], on=["source", "trial_id"],
                               how="inner")
-    results = Results(sources, trials, epochs)
+    results = Results(sources, trials, epochs, problems=problems)
     results.fingerprints = check_compatible(results)
     return results
 

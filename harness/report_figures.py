@@ -59,9 +59,14 @@ def mean_band(frame: pd.DataFrame, x: str, y: str, bounds: tuple[float, float] |
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
+    """Write the figure atomically (a temporary sibling renamed into place): an interrupted report
+    never leaves a half-written PNG where a good one was."""
+    from harness import store
+
+    try:
+        store.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=130, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path
 
 

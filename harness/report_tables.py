@@ -68,7 +68,7 @@ def parse_target(text: str) -> tuple[str, float]:
     try:
         if text.endswith("%"):
             value = float(text[:-1]) / 100
-            if not 0 < value <= 1.5:
+            if not 0 < value <= 1:  # more than the reference's mean accuracy is not a target it reaches
                 raise ValueError
             return "relative", value
         value = float(text)
@@ -76,8 +76,8 @@ def parse_target(text: str) -> tuple[str, float]:
             raise ValueError
         return "absolute", value
     except ValueError:
-        raise ConfigError(f"--target '{text}' is not valid; use a percentage of the reference's mean test accuracy "
-                          "(e.g. 95%) or an absolute accuracy in (0, 1] (e.g. 0.9)") from None
+        raise ConfigError(f"--target '{text}' is not valid; use a percentage in (0, 100]% of the reference's mean "
+                          "test accuracy (e.g. 95%) or an absolute accuracy in (0, 1] (e.g. 0.9)") from None
 
 
 def first_reaching(epochs: pd.DataFrame, metric: str, target: float) -> pd.DataFrame:

@@ -6,6 +6,8 @@ and every value that becomes part of a path is checked by ``safe_name``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -16,26 +18,56 @@ from pathlib import Path
 
 import torch
 
-from harness.errors import CheckpointError, ConfigError
+from harness.errors import CheckpointError, ConfigError, ResultsError
 
 NAME_RULE = "letters, digits, '-', '_' and '.' (starting with a letter, digit or '_'; no '..'; at most 128 characters)"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
+TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # as open() would create it (mkstemp makes 0600)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(path: Path, write) -> None:
+    """``write(binary_file)`` into a temporary sibling of ``path``, then rename it into place."""
+    _atomic(path, write)
+
+
+def remove_orphans(directory: Path) -> list[Path]:
+    """Remove the temporary files of atomic writes that an interrupted process left in ``directory``
+    (``.<name>.<random>.tmp``). Call it only while no other process writes there (e.g. under
+    :func:`locked`)."""
+    removed = []
+    for tmp in Path(directory).glob(f".*{TMP_SUFFIX}"):
+        if tmp.is_file() and tmp.name.count(".") >= 3:
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -134,3 +166,47 @@ def safe_name(value, what: str) -> str:
     if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
         raise ConfigError(f"{what} {value!r} is not a valid name; allowed: {NAME_RULE}")
     return value
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def locked(directory: Path, what: str = "run directory", hint: str = "wait for it to finish or use another --out"):
+    """Hold an exclusive lock on ``directory`` (``fcntl.flock`` on ``directory/.lock``) while the block
+    runs; another holder makes this a one-line :class:`ResultsError`. The kernel releases the lock when
+    its process ends, however it ends, so a lock file left by a dead process never blocks."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise ResultsError(f"{directory}: {what} in use by another creditbench process"
+                               + (f" (pid {holder})" if holder.isdigit() else "")
+                               + f"; {hint}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield directory
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def check_writable(path: Path, what: str) -> Path:
+    """Refuse (one-line :class:`ConfigError`) an output location that cannot be created or written,
+    before any work: the nearest existing folder must be a directory we can create a file in."""
+    path = Path(path).expanduser().absolute()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{what} {path}: cannot write there: {probe} is not a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".creditbench-write-check-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot write there ({exc.strerror or type(exc).__name__}: {probe})") from None
+    return path

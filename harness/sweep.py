@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -148,6 +149,9 @@ def resolve(opts: SweepOptions) -> tuple[SweepSpec, dict]:
     spec = parse_spec({**spec.model_dump(), **update, "budgets": budgets, "resources": resources},
                       f"{path} with command-line options")
     DATASETS.get(spec.dataset)
+    from harness.train import parse_device
+
+    parse_device(spec.device)
     if opts.algo is not None:
         algorithms = _algorithm_list(opts.algo, "--algo")
     try:
@@ -281,6 +285,7 @@ def _data(t: dict, device):
 
 def trial_config(t: dict, device: str | None = None) -> dict:
     cfg = {k: t[k] for k in TRIAL_FIELDS}
+    cfg["threads"] = max(1, int(t.get("cpus", 1)))  # one thread per CPU the trial holds, as `train --threads`
     if device is not None:
         cfg["device"] = device
     return cfg
@@ -336,8 +341,9 @@ def tune_trainable(config: dict) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(trial_dir)))
 
     ck = tune.get_checkpoint()
-    if ck is None:
-        train_trial(t, checkpoint_dir=None, report=report, device=device)
+    if ck is None:  # a continuation (see execute) starts from the checkpoint its first experiment left
+        start = t.get("resume_from")
+        train_trial(t, checkpoint_dir=start if start and Path(start).is_dir() else None, report=report, device=device)
     else:
         with ck.as_directory() as d:
             train_trial(t, checkpoint_dir=d, report=report, device=device)
@@ -370,7 +376,7 @@ def _make_stopper():
     return ConvergenceStopper()
 
 
-def _progress_callback(phase: str):
+def _progress_callback(phase: str, scheduler: bool = False):
     from ray.tune import Callback
 
     class Progress(Callback):
@@ -384,7 +390,9 @@ def _progress_callback(phase: str):
             r = trial.last_result or {}
             t = trial.config["trial"]
             self.done += 1
-            acc = lambda k: f"{r[k]:.4f}" if isinstance(r.get(k), (int, float)) else "-"  # noqa: E731
+            # a trial without a valid epoch (diverged at once) has no best accuracy yet (the Trainer's -1)
+            acc = lambda k: (f"{r[k]:.4f}" if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])  # noqa: E731
+                             and r[k] >= 0 else "-")
             print(f"[{phase}] {t['trial_id']:<28} {what:<9} epochs {r.get('epoch', 0):>3}  "
                   f"best val {acc('best_val_acc')}  test {acc('best_test_acc')}  ({self._counts(trials)})",
                   file=sys.stderr, flush=True)
@@ -404,7 +412,8 @@ def _progress_callback(phase: str):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             status = (trial.last_result or {}).get("trial_status", "running")
-            self._line(trial, "stopped" if status == "running" else status, trials)  # running: Tune stopped it
+            # running: Tune ended it, the scheduler (ASHA) or an interruption (Ctrl+C)
+            self._line(trial, ("stopped" if scheduler else "interrupted") if status == "running" else status, trials)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._line(trial, "FAILED", trials)
@@ -450,6 +459,11 @@ def _start_ray(spec: SweepSpec, address: str | None) -> bool:
     return True
 
 
+def _has_scheduler(spec: SweepSpec, phase: str) -> bool:
+    """Whether a Tune scheduler may stop running trials in ``phase`` (ASHA, search phase only)."""
+    return phase == "search" and spec.stopping.search_scheduler == "asha"
+
+
 def run_phase(phase: str, trials: list[dict], spec: SweepSpec, out_dir: Path, *, callbacks=()):
     """Run (or restore and finish) one phase's Tune experiment; return (ResultGrid, interrupted)."""
     from ray import tune
@@ -482,10 +496,18 @@ def run_phase(phase: str, trials: list[dict], spec: SweepSpec, out_dir: Path, *,
                 name=phase, storage_path=str(storage), stop=stopper, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[_progress_callback(phase), *callbacks]),
+                callbacks=[_progress_callback(phase, _has_scheduler(spec, phase)), *callbacks]),
         )
-    grid = tuner.fit()
-    interrupted = grid.num_terminated + grid.num_errors < len(grid)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        grid = tuner.fit()
+    finally:
+        after = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, before)  # Tune leaves its handler installed: a later Ctrl+C would do nothing
+    # Tune stops for Ctrl+C by marking every trial terminated (so the counts cannot tell); its handler puts
+    # the previous one back when a signal arrives, which is how an interruption is told from the end
+    by_signal = after is before and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") or 0)
+    interrupted = by_signal or grid.num_terminated + grid.num_errors < len(grid)
     return grid, interrupted
 
 
@@ -502,13 +524,21 @@ def _rebuild_summary(t: dict, ck_dir: Path, status: str, reason: str) -> dict:
     return trainer.summary()
 
 
-def collect(grid, planned: list[dict]) -> tuple[list[dict], list[dict], set[str]]:
-    """trials.csv and epochs.csv rows of the finished trials, in plan order; and the unfinished ids."""
+def collect(grid, planned: list[dict], *, interrupted: bool = False, scheduler: bool = False,
+            log=sys.stderr) -> tuple[list[dict], list[dict], set[str]]:
+    """trials.csv and epochs.csv rows of the finished trials, in plan order; and the unfinished ids.
+
+    A trial that Tune ended while its Trainer was still running was stopped by the scheduler
+    (``scheduler``: the phase has one, e.g. ASHA) unless the phase was ``interrupted``; otherwise it
+    was interrupted: it is not finished, gets no row, and continues on resume."""
+    interrupted_ids: set[str] = set()
     from harness.train import CHECKPOINT
 
     by_id = {}
-    for result in grid:
-        by_id[result.config["trial"]["trial_id"]] = result
+    for result in grid if grid is not None else ():
+        trial_id = _result_trial_id(result)
+        if trial_id is not None:
+            by_id[trial_id] = result
     rows, epochs, unfinished = [], [], set()
     for t in planned:
         result = by_id.get(t["trial_id"])
@@ -517,17 +547,26 @@ def collect(grid, planned: list[dict]) -> tuple[list[dict], list[dict], set[str]
             error = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:300]}"
         ck = result.checkpoint if result is not None else None
         if ck is not None:
-            with ck.as_directory() as d:
-                d = Path(d)
-                history = store.load_torch(d / CHECKPOINT, map_location="cpu")["history"]
-                if (d / "summary.json").exists():
-                    summary = json.loads((d / "summary.json").read_text())
-                elif error:
-                    summary = _rebuild_summary(t, d, "failed", "error")
-                elif result is not None and _terminated(result):
-                    summary = _rebuild_summary(t, d, "stopped", "tune scheduler")
+            try:
+                with ck.as_directory() as d:
+                    d = Path(d)
+                    history = store.load_torch(d / CHECKPOINT, map_location="cpu")["history"]
+                    if (d / "summary.json").exists():
+                        summary = json.loads((d / "summary.json").read_text())
+                    elif error:
+                        summary = _rebuild_summary(t, d, "failed", "error")
+                    elif result is not None and _terminated(result):
+                        if scheduler and not interrupted:  # ASHA stopped a slow starter: it is finished
+                            summary = _rebuild_summary(t, d, "stopped", "tune scheduler")
+                        else:  # only an interruption ends a running trial here: it is not finished
+                            interrupted_ids.add(t["trial_id"])
+            except (CreditbenchError, OSError, ValueError, KeyError, TypeError) as exc:
+                # a damaged Tune checkpoint fails this trial only: every other row is kept
+                summary, history = None, []
+                error = f"damaged checkpoint: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"[:400]
+                print(f"warning: {t['trial_id']}: {error}", file=log, flush=True)
         if summary is None:
-            if not error:
+            if not error or t["trial_id"] in interrupted_ids:
                 unfinished.add(t["trial_id"])
                 continue
             summary = {"algo": t["algo"], "dataset": t["dataset"], "network": t["network"], "seed": t["seed"],
@@ -539,6 +578,29 @@ def collect(grid, planned: list[dict]) -> tuple[list[dict], list[dict], set[str]
         epochs += epoch_rows(history, trial_id=t["trial_id"], phase=t["phase"], config_id=t["config_id"],
                              algo=t["algo"], seed=t["seed"])
     return rows, epochs, unfinished
+
+
+MAX_CONTINUATIONS = 3
+
+
+def _checkpoint_dirs(grid, trial_ids: set) -> dict:
+    """trial id → local directory of its latest Tune checkpoint, for the trials in ``trial_ids``."""
+    out = {}
+    for result in grid if grid is not None else ():
+        tid = _result_trial_id(result)
+        if tid in trial_ids and result.checkpoint is not None and Path(result.checkpoint.path).is_dir():
+            out[tid] = result.checkpoint.path
+    return out
+
+
+def _result_trial_id(result) -> str | None:
+    """The planned trial a Tune result belongs to. ``result.config`` is ``None`` for a trial that never
+    reported (e.g. Ctrl+C before its first epoch); its directory is still named after the trial id."""
+    config = result.config
+    if isinstance(config, dict) and isinstance(config.get("trial"), dict):
+        return config["trial"].get("trial_id")
+    path = getattr(result, "path", None)
+    return Path(path).name if path else None
 
 
 def _terminated(result) -> bool:
@@ -556,14 +618,70 @@ def _trial_columns(rows: list[dict]) -> list[str]:
     return head + hps + tail + (["error"] if "error" in seen else [])
 
 
-def write_tables(out_dir: Path, rows: list[dict], epochs: list[dict]) -> None:
+def _read_table(path: Path, log=sys.stderr, *, aside: bool = True):
+    """A table already on disk, every cell as its text (so rewriting it changes nothing); None if absent.
+    A table that cannot be parsed is kept aside as ``<name>.damaged`` rather than overwritten."""
     import pandas as pd
 
-    store.write_table(out_dir / "trials.csv", pd.DataFrame(rows, columns=_trial_columns(rows)))  # + .parquet
-    store.write_table(out_dir / "epochs.csv", pd.DataFrame(epochs))
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        return None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        if aside:
+            kept = path.with_name(path.name + ".damaged")
+            os.replace(path, kept)
+            print(f"warning: {path} could not be read ({type(exc).__name__}); kept as {kept}", file=log, flush=True)
+        return None
 
 
-def _env(spec: SweepSpec, rows: list[dict], started: float, argv: list[str] | None) -> dict:
+def _as_text(frame):
+    import io
+
+    import pandas as pd
+
+    if frame.empty and not len(frame.columns):
+        return frame
+    return pd.read_csv(io.StringIO(frame.to_csv(index=False)), dtype=str, keep_default_na=False)
+
+
+def merge_tables(out_dir: Path, rows: list[dict], epochs: list[dict], log=sys.stderr):
+    """trials.csv and epochs.csv as they will be written: what is on disk, plus the rows of trials it
+    does not hold yet. A finished trial's row on disk is never replaced, so a table is only ever
+    replaced by a superset of itself (a resume whose collection fails for one trial loses nothing)."""
+    import pandas as pd
+
+    new_t = _as_text(pd.DataFrame(rows, columns=_trial_columns(rows)))
+    new_e = _as_text(pd.DataFrame(epochs))
+    old_t, old_e = _read_table(out_dir / "trials.csv", log), _read_table(out_dir / "epochs.csv", log)
+    if old_t is None or "trial_id" not in old_t.columns:
+        trials = new_t
+        kept: set = set()
+    else:
+        kept = set(old_t["trial_id"])
+        add = new_t[~new_t["trial_id"].isin(kept)] if "trial_id" in new_t.columns else new_t.iloc[0:0]
+        trials = pd.concat([old_t, add], ignore_index=True, sort=False).fillna("")
+    if old_e is None or "trial_id" not in old_e.columns:
+        frame_e = new_e
+    else:
+        have = kept | set(old_e["trial_id"])
+        add = new_e[~new_e["trial_id"].isin(have)] if "trial_id" in new_e.columns else new_e.iloc[0:0]
+        frame_e = pd.concat([old_e, add], ignore_index=True, sort=False).fillna("")
+    return trials, frame_e
+
+
+def write_tables(out_dir: Path, rows: list[dict], epochs: list[dict], log=sys.stderr):
+    """Write the merged tables (see :func:`merge_tables`); return the trials frame written."""
+    trials, frame_e = merge_tables(out_dir, rows, epochs, log)
+    store.write_table(out_dir / "trials.csv", trials)  # + .parquet
+    store.write_table(out_dir / "epochs.csv", frame_e)
+    return trials
+
+
+def _env(spec: SweepSpec, rows: list[dict], started: float, argv: list[str] | None,
+         resumed_with: dict | None = None) -> dict:
     import ray
     import torch
 
@@ -571,6 +689,8 @@ def _env(spec: SweepSpec, rows: list[dict], started: float, argv: list[str] | No
 
     env = environment(torch.device("cuda" if torch.cuda.is_available() and spec.device != "cpu" else "cpu"))
     env["command"] = argv
+    if resumed_with is not None:  # a resume: the options it applied on top of the plan (none: {})
+        env["resumed_with"] = resumed_with
     env["ray"] = {"cluster_resources": ray.cluster_resources() if ray.is_initialized() else None}
     fps = sorted({r.get("dataset_fingerprint") for r in rows if r.get("dataset_fingerprint")})
     if len(fps) > 1:
@@ -589,40 +709,99 @@ def _write_plan(out_dir: Path, spec: SweepSpec, plan: dict) -> None:
     store.write_json(out_dir / "plan.json", plan)
 
 
-def execute(out_dir: Path, spec: SweepSpec, plan: dict, *, callbacks=(), argv=None, log=sys.stderr) -> int:
-    """Run the phases that are not finished yet; write the tables after each. Return an exit code."""
-    import ray
+def execute(out_dir: Path, spec: SweepSpec, plan: dict, *, callbacks=(), argv=None, log=sys.stderr,
+            resumed_with: dict | None = None) -> int:
+    """Run the phases that are not finished yet; write the tables after each. Return an exit code.
 
+    The results directory is locked meanwhile: a second sweep (or resume) into it is refused."""
     started = time.time()
     trials_root = (out_dir / RAW / "trials").resolve()
-    owns_ray = _start_ray(spec, plan.get("address"))
+    with store.locked(out_dir, "sweep directory", hint="wait for that sweep to finish"):
+        store.remove_orphans(out_dir)  # temporary files of table writes an interrupted sweep left behind
+        return _execute(out_dir, spec, plan, callbacks=callbacks, argv=argv, log=log, resumed_with=resumed_with,
+                        started=started, trials_root=trials_root)
+
+
+def _execute(out_dir, spec, plan, *, callbacks, argv, log, resumed_with, started, trials_root) -> int:
+    import ray
+
+    rows: list[dict] = []
+    epochs: list[dict] = []
+    owns_ray = False
+    phase, planned, unfinished, table = None, [], set(), None
     try:
-        rows: list[dict] = []
-        epochs: list[dict] = []
+        owns_ray = _start_ray(spec, plan.get("address"))
         phases = [p for p in PHASES if plan["mode"] in ("both", p)]
         for phase in phases:
             planned = phase_trials(spec, plan, phase, trials_root)
+            unfinished = {t["trial_id"] for t in planned}
             print(f"[{phase}] {len(planned)} trials: {', '.join(plan['algorithms'])}", file=log, flush=True)
-            grid, interrupted = run_phase(phase, planned, spec, out_dir, callbacks=callbacks)
-            phase_rows, phase_epochs, unfinished = collect(grid, planned)
+            try:
+                grid, interrupted = run_phase(phase, planned, spec, out_dir, callbacks=callbacks)
+            except KeyboardInterrupt:  # a second Ctrl+C while Tune was stopping: read what it saved
+                grid, interrupted = _saved_grid(phase, out_dir), True
+            phase_rows, phase_epochs, unfinished = collect(grid, planned, interrupted=interrupted,
+                                                           scheduler=_has_scheduler(spec, phase), log=log)
+            for k in range(1, MAX_CONTINUATIONS + 1):
+                if interrupted or not unfinished:
+                    break
+                # Tune ended these trials (e.g. stopping them for an interruption) before their Trainer
+                # finished: Tune will not run them again, so they continue from their last checkpoint in a
+                # continuation experiment of their own
+                starts = _checkpoint_dirs(grid, unfinished)
+                retry = [{**t, "resume_from": starts.get(t["trial_id"])} for t in planned if t["trial_id"] in unfinished]
+                print(f"[{phase}] {len(retry)} trial(s) ended before they finished: continuing them "
+                      f"({', '.join(t['trial_id'] for t in retry)})", file=log, flush=True)
+                try:
+                    grid, interrupted = run_phase(f"{phase}-continue{k}", retry, spec, out_dir, callbacks=callbacks)
+                except KeyboardInterrupt:
+                    grid, interrupted = _saved_grid(f"{phase}-continue{k}", out_dir), True
+                more_rows, more_epochs, unfinished = collect(grid, retry, interrupted=interrupted, log=log)
+                phase_rows, phase_epochs = phase_rows + more_rows, phase_epochs + more_epochs
             rows += phase_rows
             epochs += phase_epochs
-            write_tables(out_dir, rows, epochs)
-            store.write_json(out_dir / "env.json", _env(spec, rows, started, argv))
+            table = write_tables(out_dir, rows, epochs, log)
+            store.write_json(out_dir / "env.json", _env(spec, rows, started, argv, resumed_with))
             if interrupted or unfinished:
-                print(f"interrupted: {len(planned) - len(unfinished)} of {len(planned)} {phase} trials finished; "
-                      f"continue with: creditbench sweep --resume {out_dir}", file=log, flush=True)
+                _interrupted_line(out_dir, phase, planned, unfinished, log)
                 return 130
-            if phase == "search" and plan["mode"] == "both":
+            if phase == "search" and plan["mode"] == "both" and not plan["selected"]:  # a resume keeps its choice
                 plan["selected"] = select_best(phase_rows, plan["algorithms"])
                 _write_plan(out_dir, spec, plan)
                 for algo, cid in plan["selected"].items():
                     print(f"[search] {algo}: best configuration {cid}", file=log, flush=True)
-        print_table(rows, log)
+        print_table(table.to_dict("records"), log)
         return 0
+    except KeyboardInterrupt:  # Ctrl+C outside Tune (starting Ray, collecting, writing): keep what finished
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the tables are written before stopping
+        try:
+            write_tables(out_dir, rows, epochs, log)
+            store.write_json(out_dir / "env.json", _env(spec, rows, started, argv, resumed_with))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        _interrupted_line(out_dir, phase, planned, unfinished, log)
+        return 130
     finally:
         if owns_ray:
             ray.shutdown()
+
+
+def _interrupted_line(out_dir: Path, phase, planned: list, unfinished: set, log) -> None:
+    done = f"{len(planned) - len(unfinished)} of {len(planned)} {phase} trials finished; " if phase else ""
+    print(f"interrupted: {done}continue with: creditbench sweep --resume {out_dir}", file=log, flush=True)
+
+
+def _saved_grid(phase: str, out_dir: Path):
+    """The ResultGrid Tune saved for ``phase`` (read without running anything), or None."""
+    from ray import tune
+
+    exp = (out_dir / RAW / "tune" / phase).resolve()
+    try:
+        if tune.Tuner.can_restore(str(exp)):
+            return tune.Tuner.restore(str(exp), tune_trainable).get_results()
+    except Exception:  # noqa: BLE001  nothing saved yet: every trial of the phase is unfinished
+        pass
+    return None
 
 
 def print_table(rows: list[dict], log=sys.stderr) -> None:
@@ -649,14 +828,18 @@ def new_sweep(opts: SweepOptions, *, callbacks=(), argv=None, log=sys.stderr) ->
     """Validate, create the results directory, run. Nothing is created if validation fails."""
     from harness.cli import utc_stamp
 
+    store.check_writable(opts.results_root, "--results")  # before the spec's data is loaded
     spec, plan = resolve(opts)
-    out_dir = Path(opts.results_root) / f"{spec.name}-{utc_stamp()}"
+    out_dir = Path(opts.results_root).resolve() / f"{spec.name}-{utc_stamp()}"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     n = 1
-    while out_dir.exists():
-        out_dir = Path(opts.results_root) / f"{spec.name}-{utc_stamp()}-{n}"
-        n += 1
-    out_dir = out_dir.resolve()
-    out_dir.mkdir(parents=True)
+    while True:  # mkdir is the test: two sweeps of one name started in the same second get different folders
+        try:
+            out_dir.mkdir()
+            break
+        except FileExistsError:
+            out_dir = out_dir.parent / f"{spec.name}-{utc_stamp()}-{n}"
+            n += 1
     _write_plan(out_dir, spec, plan)
     return out_dir, execute(out_dir, spec, plan, callbacks=callbacks, argv=argv, log=log)
 
@@ -746,16 +929,41 @@ def load_resumable(out_dir: Path) -> tuple[SweepSpec, dict]:
     return spec, plan
 
 
-def resume_sweep(out_dir: Path, *, address: str | None = None, callbacks=(), argv=None,
+def finished_trials(out_dir: Path, spec: SweepSpec, plan: dict) -> int | None:
+    """The number of planned trials when trials.csv holds every one of them (the sweep is finished), else None."""
+    if plan["mode"] == "both" and not plan["selected"]:
+        return None
+    table = _read_table(out_dir / "trials.csv", aside=False)
+    if table is None or "trial_id" not in table.columns:
+        return None
+    root = (out_dir / RAW / "trials").resolve()
+    planned = [t["trial_id"] for p in PHASES if plan["mode"] in ("both", p) for t in phase_trials(spec, plan, p, root)]
+    return len(planned) if set(planned) <= set(table["trial_id"]) else None
+
+
+def resume_sweep(out_dir: Path, *, address: str | None = None, num_cpus: int | None = None, callbacks=(), argv=None,
                  log=sys.stderr) -> tuple[Path, int]:
     """Continue an interrupted sweep: finished trials are kept, unfinished ones continue."""
     out_dir = Path(out_dir).resolve()
     spec, plan = load_resumable(out_dir)
+    done = finished_trials(out_dir, spec, plan)
+    if done is None:
+        store.check_writable(out_dir, "--resume")
+    if done is not None:
+        print(f"{out_dir}: the sweep is finished (all {done} planned trials are in trials.csv); nothing to resume, "
+              "nothing changed", file=log, flush=True)
+        return out_dir, 0
+    resumed_with = {}
     if address is not None:
-        plan["address"] = address
+        plan["address"] = resumed_with["address"] = address
+    if num_cpus is not None:
+        if num_cpus < 1:
+            raise ConfigError(f"--num-cpus must be ≥ 1, got {num_cpus}")
+        spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"num_cpus": num_cpus})})
+        resumed_with["num_cpus"] = num_cpus
     print(f"resuming {out_dir}: Ray Tune restores its own state under {RAW}/ by unpickling it "
           "(resume only directories you created)", file=log, flush=True)
-    return out_dir, execute(out_dir, spec, plan, callbacks=callbacks, argv=argv, log=log)
+    return out_dir, execute(out_dir, spec, plan, callbacks=callbacks, argv=argv, log=log, resumed_with=resumed_with)
 
 
 # =========================================================================== command line
@@ -764,7 +972,8 @@ def cmd_sweep(args) -> int:
 
     argv = sys.argv[:]
     if args.resume:
-        out_dir, code = resume_sweep(Path(args.resume), address=args.address, argv=argv)
+        check_resume_options(args)
+        out_dir, code = resume_sweep(Path(args.resume), address=args.address, num_cpus=args.num_cpus, argv=argv)
     else:
         opts = SweepOptions(
             spec=args.spec or None, algo=args.algo or None, dataset=args.dataset or None,
@@ -775,6 +984,25 @@ def cmd_sweep(args) -> int:
         out_dir, code = new_sweep(opts, argv=argv)
     print(out_dir)
     return code
+
+
+# what --resume cannot honour: the plan (algorithms, configurations, seeds, budgets) is fixed in DIR and
+# Ray Tune restores each phase's trials with the configuration they were planned with
+RESUME_FIXED = {"spec": "--spec", "algo": "--algo", "dataset": "--dataset", "network": "--network",
+                "seeds": "--seeds", "trials": "--trials", "epochs": "--epochs", "set": "--set",
+                "search_only": "--search-only", "final_only": "--final-only", "data_dir": "--data-dir",
+                "max_concurrent": "--max-concurrent", "name": "--name"}
+
+
+def check_resume_options(args) -> None:
+    """Refuse (one line) options that ``--resume`` would otherwise silently ignore."""
+    given = [flag for key, flag in RESUME_FIXED.items() if getattr(args, key, None) not in (None, False, [], "")]
+    if args.results != "results":
+        given.append("--results")
+    if given:
+        raise ConfigError(f"--resume {args.resume} continues the sweep exactly as planned in its plan.json and "
+                          f"spec.yaml; {', '.join(given)} cannot change it (start a new sweep instead); "
+                          "with --resume only --address and --num-cpus apply")
 
 
 def _int_or_empty(value: str) -> int | None:

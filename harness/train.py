@@ -48,12 +48,30 @@ class TrialConfig(HParams):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     probe_size: int = Field(256, ge=1, description="examples in the fixed probe batch for alignment/diagnostics")
     target_acc: float | None = Field(None, gt=0, le=1, description="report updates/FLOPs to this val accuracy")
+    threads: int = Field(1, ge=1, le=1024, description="CPU threads torch uses while the trial trains "
+                                                      "(part of what makes results reproducible)")
+
+
+DEVICES = "auto, cpu, cuda, cuda:N"
+
+
+def parse_device(name: str) -> torch.device | None:
+    """``name`` as a torch device (None for ``auto``); anything else is a one-line ConfigError."""
+    if name == "auto":
+        return None
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device '{name}'; valid: {DEVICES}")
+    return dev
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
+    dev = parse_device(name)
+    if dev is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available; valid here: auto, cpu")
     return dev
@@ -180,11 +198,27 @@ class Trainer:
 
     def run(self, out_dir: Path | None = None, *, on_epoch: Callable[[dict, "Trainer"], None] | None = None,
             log=sys.stderr) -> dict:
-        """Train to convergence (or resume an interrupted trial in ``out_dir``); return the summary."""
-        out_dir = Path(out_dir) if out_dir is not None else None
+        """Train to convergence (or resume an interrupted trial in ``out_dir``); return the summary.
+
+        ``out_dir`` is locked while the trial runs: a second run into it is refused."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.cfg.threads)  # the trial's own setting, not the environment's
+        try:
+            if out_dir is None:
+                return self._run(None, on_epoch=on_epoch, log=log)
+            with store.locked(Path(out_dir)):
+                return self._run(Path(out_dir), on_epoch=on_epoch, log=log)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, out_dir: Path | None, *, on_epoch, log) -> dict:
+        if out_dir is not None:
+            store.remove_orphans(out_dir)  # temporary files of writes a killed run left behind
         if out_dir is not None and (out_dir / CHECKPOINT).exists():
             self.load_checkpoint(out_dir / CHECKPOINT)
             print(f"resuming {self.cfg.algo} from epoch {self.epoch} ({out_dir})", file=log)
+            if self.status == "running" and (out_dir / "summary.json").exists():
+                (out_dir / "summary.json").unlink()  # training continues: the old summary is stale
         if out_dir is not None:
             store.write_json(out_dir / "config.json", self.resolved)
         if self.epoch == 0 and self.status == "running":

@@ -42,3 +42,18 @@ def tiny_trial(algo: str, **overrides) -> dict:
         else:
             cfg[key] = value
     return cfg
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every test that runs a sweep in-process (tests/test_sweep.py, test_reliability.py)."""
+    import ray
+
+    from harness.sweep import worker_runtime_env
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["RAY_worker_niceness"] = "0"  # as harness.sweep does for its own local Ray
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=worker_runtime_env(),
+             log_to_driver=False, object_store_memory=128 * 2**20)
+    yield
+    ray.shutdown()

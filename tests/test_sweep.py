@@ -39,20 +39,6 @@ def write_spec(tmp_path: Path, **overrides) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    import ray
-
-    from harness.sweep import worker_runtime_env
-
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ["RAY_worker_niceness"] = "0"  # as harness.sweep does for its own local Ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=worker_runtime_env(),
-             log_to_driver=False, object_store_memory=128 * 2**20)
-    yield
-    ray.shutdown()
-
-
 def expected_trial_columns(algos) -> set[str]:
     hps = {f"hp.{k}" for k in TrainConfig().active_dump()}  # adam: momentum does not act and is absent
     for a in algos:
