@@ -10,7 +10,7 @@ import pytest
 
 from harness import store
 
-from tests.test_sweep import ray_session, write_spec  # noqa: F401  (ray_session: a fixture)
+from tests.test_sweep import write_spec  # the ray_session fixture lives in conftest.py
 
 pyarrow = pytest.importorskip("pyarrow")  # optional: without it only the CSVs are written
 
