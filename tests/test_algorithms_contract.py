@@ -1,10 +1,12 @@
 """The plugin contract, checked for every registered algorithm (parametrised over the registry)."""
 
+import copy
 import math
 
 import pytest
 import torch
 
+from harness.algorithm import Plausibility
 from harness.cost import CostMeter
 from harness.networks import build_network
 from harness.registry import algorithm_names, get_algorithm
@@ -47,21 +49,68 @@ def test_one_update_changes_every_trainable_parameter(name):
         assert not torch.equal(p.detach(), b), f"{name} did not change {pname}"
 
 
+def flat_state(state, prefix=""):
+    """Every leaf of a nested state (dicts, lists, tuples), keyed by its path."""
+    if isinstance(state, dict):
+        return {k2: v2 for k, v in state.items() for k2, v2 in flat_state(v, f"{prefix}{k}.").items()}
+    if isinstance(state, (list, tuple)):
+        return {k2: v2 for i, v in enumerate(state) for k2, v2 in flat_state(v, f"{prefix}{i}.").items()}
+    return {prefix: state}
+
+
+def assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b[key]), key  # bit for bit, not a printed approximation
+        else:
+            assert value == b[key], key
+
+
 @pytest.mark.parametrize("name", ALGOS)
 def test_compute_update_changes_no_state(name):
     net, algo = make(name)
     x, y = batch()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    algo.step(x, y)  # feedback state as in training (primed, learned once)
+    opt.step()
     params = [p.detach().clone() for p in net.parameters()]
-    extra = {k: v for k, v in algo.extra_state().items()}
+    extra = copy.deepcopy(flat_state(algo.extra_state()))
     gen = algo.gen.get_state()
     algo.compute_update(x, y)
     g1 = [p.grad.clone() for p in net.parameters()]
     algo.compute_update(x, y)
     g2 = [p.grad.clone() for p in net.parameters()]
-    assert all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))  # no hidden state change
     assert all(torch.equal(a, p) for a, p in zip(params, net.parameters(), strict=True))
     assert torch.equal(gen, algo.gen.get_state())
-    assert repr(extra) == repr(algo.extra_state())
+    assert_same_state(extra, flat_state(algo.extra_state()))
+
+
+def test_state_comparison_sees_a_relative_change_of_1e_7():
+    state = {"B": [torch.ones(3, 3)], "opt": {"state": {0: {"exp_avg": torch.ones(2)}}}}
+    changed = copy.deepcopy(state)
+    changed["opt"]["state"][0]["exp_avg"][1] += 1e-7 * 16  # a few ulps of 1.0
+    with pytest.raises(AssertionError):
+        assert_same_state(flat_state(state), flat_state(changed))
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_update_reaches_every_layer_and_differs_from_bp_unless_weights_are_transported(name):
+    from harness.metrics import bp_gradients
+
+    net, algo = make(name, spec="mlp-3x16-tanh")
+    x, y = batch()
+    algo.step(x, y)  # prime and learn feedback once; the forward weights are unchanged
+    algo.compute_update(x, y)
+    grads = [layer.weight.grad.clone() for layer in net.layers]
+    for i, g in enumerate(grads):  # a known failure mode: hidden-layer updates silently zero
+        assert torch.isfinite(g).all() and g.abs().sum() > 0, f"{name}: layer {i + 1} gets no update"
+    reference = bp_gradients(net, x, y)
+    same = all(torch.allclose(g, r, rtol=1e-3, atol=1e-7) for g, r in zip(grads, reference, strict=True))
+    if not algo.plausibility().weight_transport:
+        assert not same, f"{name} reproduces bp's gradient but declares no weight transport"
+    assert isinstance(algo.plausibility(), Plausibility)
 
 
 @pytest.mark.parametrize("name", ALGOS)
