@@ -120,8 +120,20 @@ def write_table(path: Path, frame: "pd.DataFrame") -> None:
         return
     import io
 
+    import pandas as pd
+
     typed = frame.copy()
-    for col in typed.columns[typed.dtypes == object]:
+    for col in [c for c in typed.columns if pd.api.types.is_object_dtype(typed[c]) or pd.api.types.is_string_dtype(typed[c])]:  # merged tables are held as text: type them
+        vals = typed[col]
+        if len(vals) and all(isinstance(v, str) for v in vals.tolist()):
+            filled = vals[vals != ""]
+            if len(filled) and set(filled) <= {"True", "False"} and len(filled) == len(vals):
+                typed[col] = vals == "True"
+                continue
+            num = pd.to_numeric(filled, errors="coerce")
+            if len(filled) and num.notna().all():
+                typed[col] = pd.to_numeric(vals.where(vals != "", None), errors="coerce")
+                continue
         kinds = {type(v) for v in typed[col] if v is not None and v == v}
         if len(kinds) > 1:
             typed[col] = [None if v is None or v != v else str(v) for v in typed[col]]

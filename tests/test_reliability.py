@@ -295,7 +295,9 @@ def test_unwritable_output_locations_are_one_line_errors(tmp_path, capsys, monke
 def test_unknown_device_is_a_one_line_error(tmp_path, capsys):
     assert cli.main([*TRAIN[:-2], "--device", "foo", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: unknown device 'foo'; valid: auto, cpu, cuda, cuda:N" and not (tmp_path / "run").exists()
+    # the command line refuses it through its choices; a spec's device through the trial config
+    assert err.startswith("error: ") and "\n" not in err and "'foo'" in err and "cuda:N" in err, err
+    assert not (tmp_path / "run").exists()
     spec = tiny_spec(tmp_path, device="gpu0")
     assert cli.main(["sweep", "--spec", str(spec), "--results", str(tmp_path / "r")]) == 2
     assert "unknown device 'gpu0'" in capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -104,8 +104,8 @@ def test_sweeps_record_the_dataset_fingerprint_and_refuse_to_combine_different_d
     for table in ("trials.csv", "epochs.csv"):
         frame = pd.read_csv(other / table, dtype={"dataset_fingerprint": str})
         frame["seed"] += 100
-        frame["trial_id"] = frame["trial_id"] + "-copy"
         frame.to_csv(other / table, index=False)
+    (other / "plan.json").unlink()  # its plan named the original seeds
     assert cli.main(["report", str(out), str(other), "--out", str(tmp_path / "ok"), "--no-figures"]) == 0
     env["dataset"]["fingerprints"] = {"digits": "0" * 16}  # ... as if it had run on other data
     (other / "env.json").write_text(json.dumps(env))
