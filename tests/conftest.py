@@ -4,8 +4,32 @@ import pytest
 import torch
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# CREDITBENCH_TORCH_THREADS: set by `make mutants` (one thread per mutant worker)
-torch.set_num_threads(int(os.environ.get("CREDITBENCH_TORCH_THREADS", 0)) or min(2, os.cpu_count() or 1))
+MUTATION_RUN = bool(os.environ.get("CREDITBENCH_MUTATION_RUN"))  # set by tools/mutants.py (`make mutants`)
+torch.set_num_threads(1 if MUTATION_RUN else min(2, os.cpu_count() or 1))  # mutation runs: one thread per worker
+
+
+def _warm_up_torch() -> None:
+    """Pay torch's lazy initialisation (FlopCounterMode's first use alone takes seconds) with plain torch code."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, w = torch.randn(4, 3, requires_grad=True), torch.randn(5, 3, requires_grad=True)
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.add: lambda *a, out_shape=None, **k: 1}):
+        F.cross_entropy(torch.tanh(x @ w.T), torch.arange(4)).backward()
+    m = w.detach()
+    torch.linalg.pinv(m), torch.linalg.svd(m), torch.linalg.solve(m[:3] @ m[:3].T + torch.eye(3), torch.ones(3))
+    torch.func.jvp(lambda t: torch.tanh(t @ m.T), (x.detach(),), (torch.ones(4, 3),))
+    torch.optim.Adam([w], lr=1e-3, foreach=False).step()
+    F.conv2d(torch.randn(1, 1, 5, 5, requires_grad=True), torch.randn(2, 1, 3, 3), stride=2, padding=1).sum().backward()
+
+
+if MUTATION_RUN:
+    # mutmut forks one process per mutant from a server that has imported the tests: pay the data loaders'
+    # import (scikit-learn) and torch's lazy initialisation there once, not in every mutant's process
+    from harness.datasets import load_dataset
+
+    load_dataset("digits")
+    _warm_up_torch()
 
 
 def _names(code) -> set[str]:

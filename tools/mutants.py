@@ -9,7 +9,7 @@ original or to one mutant, runs the selected tests once to record which test cal
 function (``mutants/mutmut-stats.json``, kept between runs and extended when tests are added),
 and then tests each mutant with only the tests that call its function (``pytest -x``). The
 configuration (which files are mutated, which tests are used, process isolation) is in
-``[tool.mutmut]`` of pyproject.toml; this script adds three things mutmut 3 does not do:
+``[tool.mutmut]`` of pyproject.toml; this script adds what mutmut 3 does not do:
 
 * **functions decorated with ``@torch.no_grad()`` or ``@contextmanager`` are mutated too.**
   mutmut skips every decorated function (a decorator may have side effects when the copies it
@@ -17,6 +17,7 @@ configuration (which files are mutated, which tests are used, process isolation)
   the core of fa, tp and dtp and the cost meter's phases. The decorator is kept on the
   trampoline (so the call still runs under no_grad / as a context manager) and removed from
   the original's and the mutants' copies, which the trampoline calls;
+* **the fastest tests first** for each mutant (mutmut's order is arbitrary), so that ``pytest -x`` stops early;
 * **function-level scope**: only parts of some files are in scope (``SCOPE``); mutants outside
   it are generated but never run;
 * **the report**: killed / survived / timed out per file, each survivor with its diff, marked
@@ -26,6 +27,7 @@ configuration (which files are mutated, which tests are used, process isolation)
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import os
 import re
@@ -101,6 +103,36 @@ def patch_mutmut() -> None:
     fm.MutationVisitor._skip_node_and_children = skip_node_and_children
     fm.function_trampoline_arrangement = function_trampoline_arrangement
 
+    # fastest tests first (mutmut hands them over in set order): with pytest -x, a mutant is killed by the
+    # first test that fails, so most kills cost a fraction of a second instead of the slowest test
+    from mutmut.state import state
+    from mutmut.workers import isolation
+
+    for runner in (isolation.ForkServerRunner, isolation.ForkRunner):
+        def submit(self, mutant_name, tests, cpu_time_limit, estimated_time, _submit=runner.submit):
+            duration = state().duration_by_test
+            tests = sorted(tests, key=lambda t: (duration.get(t, 0.0), t))
+            return _submit(self, mutant_name, tests, cpu_time_limit, estimated_time)
+
+        runner.submit = submit
+
+    # mutmut turns an exception of a mutant's test run into exit status 255 without a word: keep its traceback
+    from mutmut.runners.harness import PytestRunner
+
+    run_tests = PytestRunner.run_tests
+
+    def run_tests_logged(self, *, mutant_name, tests):
+        try:
+            return run_tests(self, mutant_name=mutant_name, tests=tests)
+        except Exception:
+            import traceback
+
+            with open(ROOT / "mutants" / "mutant-errors.log", "a") as f:
+                f.write(f"--- {mutant_name}\n{traceback.format_exc()}\n")
+            raise
+
+    PytestRunner.run_tests = run_tests_logged
+
 
 # ---------------------------------------------------------------------------------- report
 def load_equivalent() -> dict[str, str]:
@@ -118,7 +150,9 @@ def load_results(files: list[str]) -> dict[str, dict[str, str]]:
     for f in files:
         meta = ROOT / "mutants" / (f + ".meta")
         codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
-        out[f] = {k: status_by_exit_code[v] for k, v in sorted(codes.items()) if in_scope(k, f)}
+        # mutmut files exit status 255 (the worker's own exception: pytest could not run) under "timeout";
+        # here it is an error, not a kill
+        out[f] = {k: "error" if v == 255 else status_by_exit_code[v] for k, v in sorted(codes.items()) if in_scope(k, f)}
     return out
 
 
@@ -152,7 +186,7 @@ def report(files: list[str], *, seconds: float | None = None, diffs: bool = True
         survivors += [(f, k, res[k]) for k, s in res.items() if s not in KILLED]
     print("\n".join(lines))
     print("score = (killed + timed out) / mutants; equiv. = survivors explained in tests/equivalent_mutants.md;"
-          " other = no tests / not checked / suspicious")
+          " other = no tests / not checked / error (pytest could not run)")
     if survivors:
         print("\nmutants not killed:")
         for f, k, s in survivors:
@@ -208,6 +242,29 @@ def check_config() -> None:
         sys.exit(f"error: [tool.mutmut] only_mutate in pyproject.toml does not cover {', '.join(missing)}")
 
 
+def refresh_stats() -> None:
+    """mutmut re-records which tests call which function only for tests it has not seen: after any change
+    to the selected tests, their conftest or the sources, drop its record so that the run re-collects it."""
+    from mutmut.configuration import config
+
+    cfg = config()
+    files = [ROOT / "pyproject.toml", ROOT / "tests" / "conftest.py",
+             *(ROOT / a for a in cfg.pytest_add_cli_args_test_selection if (ROOT / a).is_file())]
+    for src in cfg.source_paths:
+        files += sorted((ROOT / src).rglob("*.py"))
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes())
+    stamp, stats = ROOT / "mutants" / "creditbench-inputs.sha256", ROOT / "mutants" / "mutmut-stats.json"
+    if stamp.exists() and stamp.read_text() == digest.hexdigest():
+        return
+    if stats.exists():
+        print("tests or sources changed since the last run: mutmut re-collects which tests cover what")
+        stats.unlink()
+    stamp.parent.mkdir(exist_ok=True)
+    stamp.write_text(digest.hexdigest())
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("run", "report"):
         print(__doc__)
@@ -218,8 +275,9 @@ def main(argv: list[str]) -> int:
         report(files)
         return 0
     check_config()
+    refresh_stats()
     patch_mutmut()
-    os.environ.setdefault("CREDITBENCH_TORCH_THREADS", "1")  # tests/conftest.py: one thread per mutant worker
+    os.environ["CREDITBENCH_MUTATION_RUN"] = "1"  # tests/conftest.py: one thread per worker, data loaders preloaded
     jobs = os.environ.get("MUTANTS_JOBS", "2")
     from mutmut.__main__ import cli
 
