@@ -501,7 +501,9 @@ class ReciprocalFeedback(Algorithm):
             else:
                 lam = torch.full((n,), self.hp.damping, device=e.device, dtype=e.dtype)
             gram = gram + lam[:, None, None] * torch.eye(k, device=e.device, dtype=e.dtype)
-            s = (jac.transpose(1, 2) @ torch.linalg.solve(gram, e.unsqueeze(2))).squeeze(2)
+            # pseudoinverse, not solve: the Gram matrix is singular when J_j has rank < k (narrow or
+            # saturated layers, no damping); J_jᵀ (J_j J_jᵀ)⁺ e is still the minimum-norm target
+            s = (jac.transpose(1, 2) @ (torch.linalg.pinv(gram, hermitian=True) @ e.unsqueeze(2))).squeeze(2)
             g = self._carry(j - 1, s, fw.a[j - 1], fw.h[j])
             grads[j - 1] = g.t() @ fw.h[j - 1].flatten(1)
             jac = jac * layers[j - 1].act.deriv(fw.a[j - 1], fw.h[j]).unsqueeze(1)

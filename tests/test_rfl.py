@@ -274,6 +274,19 @@ def test_contraction_with_two_hidden_layers_depends_on_the_propagation():
     assert abs(rhos["chain"] - rhos["linearized"]) > 1e-3
 
 
+def test_gauss_newton_diagnostic_survives_a_singular_gram_matrix():
+    """A hidden layer narrower than the output makes J_j J_jᵀ singular without damping: the diagnostic
+    (off the training path) must give the minimum-norm target, not end the trial."""
+    net = build_network("mlp-2x3-tanh", (5,), 6, generator=torch.Generator().manual_seed(0))
+    x, y = batch(k=6)
+    algo = RFL(net, {"feedback": "exact", "damping": 0.0, "damping_mode": "absolute"})
+    algo.feedback_phase(1)
+    gn = algo.gauss_newton_update(x, y)
+    assert all(torch.isfinite(g).all() for g in gn)
+    d = algo.diagnostics(x, y)
+    assert 0 <= d["angle_gn"] <= 180
+
+
 # --------------------------------------------------------------------------- oracles
 @pytest.mark.parametrize("schedule", ["concurrent", "sleep_wake"])
 @pytest.mark.parametrize("feedback", ["exact", "newton_schulz"])
