@@ -299,4 +299,6 @@ def test_install_uses_exact_constraints_for_every_dependency():
         assert name in pins and req.specifier.contains(pins[name]), req
     assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
     makefile = (REPO / "Makefile").read_text()
-    assert "pip install --quiet -c constraints.txt -e '.[dev]'" in makefile and "--upgrade pip" not in makefile
+    # offline-safe when everything is met: no build isolation (it would fetch setuptools), no pip upgrade
+    assert "pip install --quiet --no-build-isolation -c constraints.txt -e '.[dev]'" in makefile
+    assert "--upgrade pip" not in makefile
