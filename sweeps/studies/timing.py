@@ -1,0 +1,104 @@
+"""Wall time per update of study configurations as ratios to a reference, interleaved in one process.
+
+usage: .venv/bin/python sweeps/studies/timing.py [sweeps/studies/rfl-issue10.txt] [--only a,b,...]
+           [--reference bp-s0] [--rounds 3] [--updates 400] [--out timing.csv]
+
+Each configuration is a line of the study list (same algorithm, seed and --set values as
+sweeps/studies/run.sh uses; Fashion-MNIST, mlp-5x256-tanh, batch 128). The dataset is loaded once;
+every round builds each configuration's trainer afresh, runs one untimed update, then times a
+window of whole periods: `--updates` updates, raised to a multiple of `sleep_every` for sleep–wake
+configurations, so the window holds exactly updates/S sleeps (the amortised mean, sleeps included).
+Configurations run one after another within a round, so machine load hits all of them alike; the
+figure is the median over rounds of each round's ratio to the reference, with the range.
+Single-threaded (torch.set_num_threads(1)), as each trial of a sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from harness.datasets import load_dataset
+from harness.train import Trainer
+
+DATASET, NETWORK, EPOCHS = "fashion-mnist", "mlp-5x256-tanh", 10
+
+
+def read_list(path: Path) -> dict[str, tuple[str, int, dict[str, str]]]:
+    rows = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, algo, seed, *sets = line.split()
+        rows[name] = (algo, int(seed), dict(kv.split("=", 1) for kv in sets))
+    return rows
+
+
+def timed_window(trainer: Trainer, n: int) -> float:
+    """Mean wall seconds per update over n updates (batching, the algorithm's step, the optimiser)."""
+    data, bs, meter, algo, opt = trainer.data, trainer.tc.batch_size, trainer.meter, trainer.algo, trainer.optimizer
+    perm = torch.randint(len(data.y_train), ((n + 1) * bs,), generator=trainer.data_gen)
+
+    def update(i: int) -> None:
+        x, y = data.train_batch(perm[i * bs:(i + 1) * bs], trainer.data_gen)
+        with meter.update(algo.update_kind()):
+            algo.step(x, y)
+            opt.step()
+
+    update(0)  # the first update (after the pretrain sleep), untimed
+    t0 = time.perf_counter()
+    for i in range(1, n + 1):
+        update(i)
+    return (time.perf_counter() - t0) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("list", nargs="?", default="sweeps/studies/rfl-issue10.txt", type=Path)
+    ap.add_argument("--only", help="comma-separated trial names (default: every line with seed 0)")
+    ap.add_argument("--reference", default="bp-s0")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--updates", type=int, default=400)
+    ap.add_argument("--out", type=Path, help="also write the per-round times as CSV")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rows = read_list(args.list)
+    names = args.only.split(",") if args.only else [n for n, (_, seed, _) in rows.items() if seed == 0]
+    if args.reference not in names:
+        names.insert(0, args.reference)
+    unknown = [n for n in names if n not in rows]
+    if unknown:
+        raise SystemExit(f"error: unknown trial(s) {', '.join(unknown)}; the list has {', '.join(rows)}")
+    data = load_dataset(DATASET)
+    records = []
+    for r in range(args.rounds):
+        for name in names:
+            algo, seed, sets = rows[name]
+            params = {k: v for k, v in sets.items()}
+            trainer = Trainer({"algo": algo, "dataset": DATASET, "network": NETWORK, "seed": seed, "threads": 1,
+                               "train": {"epochs": EPOCHS}, "params": params}, data=data)
+            trainer._pretrain()
+            period = int(params.get("sleep_every", 1)) if params.get("schedule") == "sleep_wake" else 1
+            n = math.ceil(args.updates / period) * period
+            records.append({"round": r, "trial": name, "updates": n, "s_per_update": timed_window(trainer, n)})
+            print(f"round {r} {name:>18}: {records[-1]['s_per_update'] * 1e3:8.2f} ms/update over {n}", flush=True)
+    df = pd.DataFrame(records)
+    if args.out:
+        df.to_csv(args.out, index=False)
+    ref = df[df.trial == args.reference].set_index("round").s_per_update
+    print(f"\n{'trial':>18} {'ms/update':>10} {'x ' + args.reference + ' (median, range)':>30}")
+    for name in names:
+        t = df[df.trial == name].set_index("round").s_per_update
+        ratios = (t / ref).tolist()
+        print(f"{name:>18} {statistics.median(t) * 1e3:10.2f} "
+              f"{statistics.median(ratios):12.2f} ({min(ratios):.2f}–{max(ratios):.2f})")
+
+
+if __name__ == "__main__":
+    main()
