@@ -70,9 +70,22 @@ def source_sha256(cls) -> dict:
                              else str(f) for f in files]}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else the architecture: floating-point results of the same
+    seed can differ between CPU models (their math libraries pick different kernels)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_info(device: torch.device) -> dict:
     info = {"device": str(device), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine()}
+            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_model": cpu_model()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

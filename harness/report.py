@@ -315,7 +315,7 @@ def _env_lines(env) -> list[str]:
     dirty = find(env, {"dirty"})
     out.append(f"- Commit: `{commit or 'not recorded'}`" + (" (uncommitted changes)" if dirty else ""))
     device = find(env, {"gpu", "device", "device_name"})
-    cpu = find(env, {"processor", "cpu"})
+    cpu = find(env, {"cpu_model"}) or find(env, {"processor", "cpu"})
     out.append(f"- Device: {device or 'not recorded'}" + (f" ({cpu})" if cpu else ""))
     versions = env.get("versions") if isinstance(env.get("versions"), dict) else None
     if versions:

@@ -73,3 +73,19 @@ def test_plugin_guide_documents_the_network_api():
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("### Adding an algorithm"):readme.index("## Security")]
     assert "docs/plugins.md" in section and "creditbench new-algorithm" in section
+
+
+def test_every_result_records_the_cpu_model(monkeypatch, tmp_path):
+    """Same seed, same thread count → same numbers on one CPU model; another model may pick other kernels,
+    so the environment record names the model (from /proc/cpuinfo on Linux)."""
+    import torch
+
+    import harness.provenance as provenance
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: Example\nmodel name\t: Example CPU 9000 @ 3.0GHz\nflags\t: fpu\n")
+    real = provenance.Path
+    monkeypatch.setattr(provenance, "Path", lambda p: info if p == "/proc/cpuinfo" else real(p))
+    assert provenance.device_info(torch.device("cpu"))["cpu_model"] == "Example CPU 9000 @ 3.0GHz"
+    info.unlink()  # no /proc: the architecture
+    assert provenance.cpu_model() == (provenance.platform.processor() or provenance.platform.machine())
