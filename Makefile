@@ -20,13 +20,15 @@ TARGET  ?=
 .PHONY: install constraints test sweep report clean mutants mutants-report
 
 # installs the exact versions pinned in constraints.txt (torch==2.14.1, torchvision==0.29.1, ...);
-# --no-build-isolation: the editable build uses the venv's own setuptools, so re-running it with every
-# requirement met needs no network (a fresh checkout beside an existing .venv works offline)
+# --no-build-isolation: the editable build uses the venv's own setuptools (first upgraded to the pinned
+# one: a new venv's bundled setuptools cannot build editable installs without `wheel`), so re-running it
+# with every requirement met needs no network (a fresh checkout beside an existing .venv works offline)
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "error: $(VENV) has Python %d.%d; creditbench needs 3.11 (make clean, then make install PYTHON=python3.11)" % sys.version_info[:2])'
+	$(BIN)/pip install --quiet -c constraints.txt setuptools
 	$(BIN)/pip install --quiet --no-build-isolation -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 

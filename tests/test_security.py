@@ -301,4 +301,8 @@ def test_install_uses_exact_constraints_for_every_dependency():
     makefile = (REPO / "Makefile").read_text()
     # offline-safe when everything is met: no build isolation (it would fetch setuptools), no pip upgrade
     assert "pip install --quiet --no-build-isolation -c constraints.txt -e '.[dev]'" in makefile
+    # ... and the pinned setuptools comes first: a new venv's bundled one cannot build an editable
+    # install without `wheel` (CI's fresh clone failed on exactly that)
+    pin_setuptools = "pip install --quiet -c constraints.txt setuptools\n"
+    assert pin_setuptools in makefile and makefile.index(pin_setuptools) < makefile.index("--no-build-isolation -c")
     assert "--upgrade pip" not in makefile
