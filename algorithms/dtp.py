@@ -39,7 +39,8 @@ from algorithms.tp import TargetProp
 @register_algorithm
 class DifferenceTargetProp(TargetProp):
     name = "dtp"
-    version = 2  # v2: exact inverses' pseudoinverse FLOP-counted
+    version = 3  # v2: exact inverses' pseudoinverse FLOP-counted; v3: the gradient penultimate target no longer
+    # computes (and counts) an unused weight gradient of the top layer
     description = "difference target propagation: tp with the difference correction g(h*) − g(h)"
     reference = "Lee et al. 2015, ECML-PKDD (LNCS 9284:498); Bartunov et al. 2018, NeurIPS"
 
@@ -66,6 +67,5 @@ class DifferenceTargetProp(TargetProp):
     def penultimate(self, fw, out, t_top, e):
         if self.hp.penultimate == "inverse":
             return super().penultimate(fw, out, t_top, e)
-        top = self.net.layers[-1]
-        d, _, _ = top.backward(e, fw.h[-1], top.weight)  # (h − h*)/(βn) = W_Lᵀ e
+        d = e @ self.net.layers[-1].weight  # (h − h*)/(βn) = W_Lᵀ e
         return fw.h[-1] - (self.hp.beta * len(e)) * d, d

@@ -201,7 +201,7 @@ class TargetProp(Algorithm):
                 d[i] = (out[i] - target[i]) / (beta * n)
         return Targets(target, d)
 
-    def _update(self, x, y, fw: Forward) -> StepOutput:
+    def _update(self, y, fw: Forward) -> StepOutput:
         with self.phase("forward"):
             loss, _ = output_error(fw.logits, y)
         with self.phase("credit"):
@@ -220,7 +220,7 @@ class TargetProp(Algorithm):
 
     @torch.no_grad()
     def compute_update(self, x, y):
-        return self._update(x, y, self._forward(x))
+        return self._update(y, self._forward(x))
 
     @torch.no_grad()
     def step(self, x, y):
@@ -228,8 +228,8 @@ class TargetProp(Algorithm):
         if self.hp.schedule == "alternating":
             with self.phase("feedback"):
                 self.train_inverses(fw)
-            return self._update(x, y, fw)
-        out = self._update(x, y, fw)
+            return self._update(y, fw)
+        out = self._update(y, fw)
         with self.phase("feedback"):
             self.train_inverses(fw)
         return out

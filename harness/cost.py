@@ -64,6 +64,8 @@ def svd_flops(m: int, n: int, *, compute_uv: bool = True) -> int:
 
 
 def _svd(a_shape, *args, out_shape=None, **kwargs) -> int:
+    """U and V computed unless they come back empty. (``torch.linalg.svdvals`` under a dispatch mode, as
+    while counting, takes the path that computes them: a full SVD runs, and is counted.)"""
     batch = math.prod(a_shape[:-2])
     u_shape = out_shape[0] if out_shape else None
     return batch * svd_flops(a_shape[-2], a_shape[-1], compute_uv=bool(u_shape) and _numel(u_shape) > 0)

@@ -139,7 +139,7 @@ def test_summary_statistics():
     s = meter.summary()
     assert s["flops_per_update"] == pytest.approx({"total": 40.0, "forward": 10.0, "credit": 20.0, "feedback": 10.0})
     ns = [4e9, 1e9, 3e9, 2e9, 10e9]
-    assert s["seconds_per_update"] == pytest.approx(0.8 * 2.5 + 0.2 * 10.0)
+    assert s["seconds_per_update"] == pytest.approx(0.8 * 2.5 + 0.2 * 10.0, rel=1e-12)
     assert s["seconds_per_update_median"] == 3.0
     assert s["seconds_per_update_p10"] == pytest.approx(np.percentile(ns, 10) / 1e9, rel=1e-15)
     assert s["seconds_per_update_p90"] == pytest.approx(np.percentile(ns, 90) / 1e9, rel=1e-15)
@@ -147,7 +147,7 @@ def test_summary_statistics():
     assert s["timed_updates"] == 5 and s["update_mix"] == {"wake": 0.8, "sleep": 0.2}
     assert s["seconds_per_update_by_phase"] == pytest.approx({"forward": 0.8 * 2.5e-9 + 0.2 * 5e-9,
                                                               "credit": 0.8 * 25e-9 + 0.2 * 50e-9,
-                                                              "feedback": 0.2 * 7e-9})
+                                                              "feedback": 0.2 * 7e-9}, rel=1e-12)
 
 
 def test_summary_before_any_timed_update():
@@ -221,3 +221,76 @@ def test_cuda_updates_are_timed_with_events_and_peak_memory_from_the_allocator(m
         pass
     assert meter.state_dict()["step_ns"] == {"update": [1_500_000] * 3}  # a checkpoint resolves pending events
     assert not CostMeter("cpu").cuda and not CostMeter().cuda and PHASES == ("forward", "credit", "feedback")
+
+
+# ------------------------------------------------------------------ amortisation over the mix
+def test_mix_weights_are_shares_of_their_sum_and_kinds_of_weight_zero_are_ignored():
+    meter = CostMeter(mix={"wake": 3.0, "sleep": 1.0, "never": 0.0})  # shares 3/4, 1/4; "never" does not run
+    meter.kind_flops = {"wake": {"forward": 8, "credit": 4, "feedback": 0},
+                        "sleep": {"forward": 8, "credit": 4, "feedback": 40}}
+    meter.step_ns = {"wake": [2_000_000_000], "sleep": [6_000_000_000]}
+    s = meter.summary()
+    assert s["flops_per_update"] == {"total": 22.0, "forward": 8.0, "credit": 4.0, "feedback": 10.0}
+    assert s["seconds_per_update"] == pytest.approx(0.75 * 2.0 + 0.25 * 6.0, rel=1e-12)
+
+
+def test_cumulative_flops_are_nan_when_a_kind_that_ran_was_never_counted():
+    meter = CostMeter(elementwise=False)
+    a, b = torch.randn(4, 8), torch.randn(8, 2)
+    for kind, count in (("wake", None), ("wake", None), ("sleep", False)):
+        with meter.update(kind, count_flops=count), meter.phase("credit"):
+            a @ b
+    got = meter.cumulative_flops()
+    assert all(math.isnan(v) for v in got.values())
+    meter.kind_updates = {"wake": 2}
+    assert meter.cumulative_flops() == {"forward": 0.0, "credit": 2 * 2 * 4 * 8 * 2, "feedback": 0.0}
+
+
+# ------------------------------------------------------------------ decompositions
+def test_batched_and_values_only_svd_and_batched_pinv_get_the_lapack_count():
+    from harness.cost import svd_flops
+
+    aten = torch.ops.aten
+    cases = [
+        (lambda: torch.linalg.svd(torch.randn(3, 30, 20), full_matrices=False), 3 * svd_flops(30, 20)),
+        # values only: U and V come back empty (0 elements)
+        (lambda: aten._linalg_svd(torch.randn(30, 20), False, False), svd_flops(30, 20, compute_uv=False)),
+        (lambda: aten._linalg_svd(torch.randn(2, 20, 30), False, False), 2 * svd_flops(20, 30, compute_uv=False)),
+        # torch.linalg.svdvals under a dispatch mode (the counter is one) takes the path that computes U and
+        # V too: what runs while counting is a full SVD, and that is what is counted
+        (lambda: torch.linalg.svdvals(torch.randn(30, 20)), svd_flops(30, 20)),
+        (lambda: torch.linalg.svd(torch.randn(1, 1)), svd_flops(1, 1)),  # a 1×1 U still means U was computed
+        (lambda: torch.linalg.pinv(torch.randn(4, 30, 20)), 4 * (svd_flops(30, 20) + 20 * 20 + 2 * 30 * 20 * 20)),
+        (lambda: torch.linalg.pinv(torch.randn(20, 30)), svd_flops(20, 30) + 30 * 20 + 2 * 20 * 30 * 20),
+    ]
+    for run, want in cases:
+        with flop_counter(elementwise=False) as c:
+            run()
+        assert c.get_total_flops() == want
+
+
+# ------------------------------------------------------------------ peak memory (CPU, from /proc)
+def test_cpu_peak_memory_is_the_rise_of_the_high_water_mark_over_the_start(monkeypatch):
+    status = {"VmRSS": 1_000, "VmHWM": 1_000}
+    monkeypatch.setattr(cost, "_rss_kib", lambda field: status[field])
+    watch = cost.MemoryWatch(torch.device("cpu"))
+    assert watch.start_kib == 1_000 and watch.peak_bytes() == 0
+    status["VmHWM"] = 3_500
+    assert watch.peak_bytes() == 2_500 * 1024
+    watch.carried = 4_000_000  # a resumed trial keeps the larger peak of its earlier part
+    assert watch.peak_bytes() == 4_000_000
+    watch.carried, status["VmHWM"] = None, 900  # a high-water mark below the start (reset elsewhere): 0, not < 0
+    assert watch.peak_bytes() == 0
+    status["VmHWM"] = None  # no /proc field: no figure
+    assert watch.peak_bytes() is None
+    watch.start_kib, status["VmHWM"] = None, 3_500
+    assert watch.peak_bytes() is None
+
+
+def test_cpu_peak_memory_is_not_reported_where_the_high_water_mark_cannot_be_reset(monkeypatch):
+    def no_proc(*args, **kwargs):
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(cost, "open", no_proc, raising=False)
+    watch = cost.MemoryWatch(torch.device("cpu"))
+    assert watch.start_kib is None and watch.peak_bytes() is None

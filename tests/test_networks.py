@@ -216,3 +216,34 @@ def test_output_error_is_cross_entropy_and_its_gradient(dtype):
     torch.testing.assert_close(loss.double(), -(p[torch.arange(16), y].log()).mean(), rtol=1e-6, atol=0)
     torch.testing.assert_close(e.double(), (p - onehot) / 16, rtol=1e-5, atol=1e-7)
     assert e.dtype == dtype and loss.shape == ()
+
+
+def test_output_error_counts_every_class_label_with_a_hundred_classes_or_more():
+    """No valid label is ignored (the kernels' ignore_index is −100, outside every label range)."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 128, generator=g, dtype=DT)
+    y = torch.tensor([100, 0, 127, 100, 5, 99])
+    loss, e = output_error(logits, y)
+    z = logits.clone().requires_grad_()
+    ref = F.cross_entropy(z, y)
+    (ref_e,) = torch.autograd.grad(ref, z)
+    assert torch.equal(loss, ref.detach()) and torch.equal(e, ref_e)
+    assert e[0, 100] < 0 and e[3, 100] < 0  # the label's own column carries softmax − 1
+
+
+def test_base_backward_multiplies_by_the_derivative_given_the_output():
+    """Activation.backward = grad ⊙ f′(a, h), for an activation whose derivative is written in its output h."""
+    class Sigmoid(Activation):
+        name = "sigmoid-test"
+
+        def __call__(self, a):
+            return torch.sigmoid(a)
+
+        def deriv(self, a, h):
+            return h * (1 - h)
+
+    a = pre_activations()
+    grad = torch.randn(a.shape, generator=torch.Generator().manual_seed(2), dtype=DT)
+    act = Sigmoid()
+    torch.testing.assert_close(act.backward(grad, a, act(a)), grad * autograd_derivative(torch.sigmoid, a),
+                               rtol=1e-12, atol=0)

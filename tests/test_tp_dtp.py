@@ -212,6 +212,7 @@ def test_refuses_relu_and_conv_networks(algo, digits):
         with pytest.raises(UnsupportedError, match=word) as err:
             get_algorithm(algo)(net, {})
         assert "tanh" in str(err.value) or "linear" in str(err.value)
+        assert f"network '{spec}'" in str(err.value)
 
 
 @pytest.mark.parametrize("params", [{}, {"inverse": "exact"}])
@@ -283,3 +284,93 @@ def test_exact_inverse_counts_its_pseudoinverses_as_credit_work(digits):
             s0 = no_pinv.run(None)
     assert s["flops_per_update"]["credit"] - s0["flops_per_update"]["credit"] == 2 * pinv
     assert s["plausibility"]["weight_transport"] is True
+
+
+# ------------------------------------------------------------------ counted cost, initialisation, state
+def mm(n, a, b):
+    return 2 * n * a * b
+
+
+@pytest.mark.parametrize("algo,params", [
+    ("tp", {}), ("tp", {"schedule": "parallel", "feedback_steps": 2}),
+    ("dtp", {}), ("dtp", {"penultimate": "inverse"}),
+])
+def test_matmul_flops_of_one_step_equal_the_analytic_count_by_phase(algo, params, digits):
+    """Network 64 → 24 → 16 → 10, n = 32. Forward: one product per layer. Credit: the weight gradients, and
+    the inverses the target chain calls (tp: g_l once per inverse layer; dtp: twice, g(h*) and g(h); dtp's
+    gradient penultimate target: one product with W_L). Feedback: per inverse layer and feedback step the
+    reconstruction's forward pass, the inverse and its gradient (three products)."""
+    from harness.cost import CostMeter
+
+    n, pairs = 32, [(64, 24), (24, 16), (16, 10)]
+    meter = CostMeter(elementwise=False)
+    net = build_network("mlp-2x24-tanh", digits.input_shape, 10, generator=torch.Generator().manual_seed(0))
+    from harness.networks import Identity, Linear, Tanh, init_weights
+
+    net.layers[1], net.layers[2] = Linear(24, 16, Tanh()), Linear(16, 10, Identity())
+    init_weights(net, "glorot", torch.Generator().manual_seed(0))
+    a = get_algorithm(algo)(net, params, generator=torch.Generator().manual_seed(1), meter=meter)
+    x, y = digits.x_train[:n], digits.y_train[:n]
+    with meter.update():
+        a.step(x, y)
+    inverse = a.inverse_layers()
+    calls = 2 if algo == "dtp" else 1
+    credit = sum(mm(n, *p) for p in pairs) + sum(calls * mm(n, *pairs[i]) for i in inverse)
+    if algo == "dtp" and params.get("penultimate", "gradient") == "gradient":
+        assert inverse == [1]
+        credit += mm(n, *pairs[2])
+    steps = params.get("feedback_steps", 1)
+    assert meter.flops_by_phase == {"forward": sum(mm(n, *p) for p in pairs), "credit": credit,
+                                    "feedback": steps * sum(3 * mm(n, *pairs[i]) for i in inverse)}
+
+
+def test_learned_inverses_start_glorot_uniform_from_the_algorithms_generator(digits):
+    """V_l ~ U(−b, b), b = √(6 / (fan_in + fan_out)) of W_l, c_l = 0, drawn from the algorithm's own
+    generator (the global RNG plays no part); on unequal layer widths so that the fans matter."""
+    def build(global_seed):
+        torch.manual_seed(global_seed)
+        net = build_network("mlp-3x40-tanh", digits.input_shape, 10, generator=torch.Generator().manual_seed(0))
+        from harness.networks import Linear, Tanh, init_weights
+
+        net.layers[2] = Linear(40, 90, Tanh())
+        net.layers[3] = type(net.layers[3])(90, 10, net.layers[3].act)
+        init_weights(net, "glorot", torch.Generator().manual_seed(0))
+        return get_algorithm("tp")(net, {}, generator=torch.Generator().manual_seed(5))
+
+    a, b = build(0), build(1)
+    assert sorted(a.V) == [1, 2, 3]
+    for i, v in a.V.items():
+        out_i, in_i = a.net.layers[i].weight.shape
+        bound = math.sqrt(6.0 / (out_i + in_i))
+        assert v.shape == (in_i, out_i)
+        assert v.abs().max() <= bound and v.abs().max() > 0.97 * bound, (i, v.abs().max() / bound)
+        assert abs(v.mean()) < 0.1 * bound and abs((v > 0).float().mean() - 0.5) < 0.1
+        assert torch.equal(a.c[i], torch.zeros(in_i))
+        assert torch.equal(v, b.V[i])
+
+
+def test_exact_inverses_have_no_optimizer_state_and_round_trip(digits):
+    a = make("tp", "mlp-2x16-tanh", digits, {"inverse": "exact"})
+    state = a.extra_state()
+    assert state == {"V": {}, "c": {}, "opt": None}
+    a.load_extra_state(state)
+    assert a.inv_opt is None and not a.V
+
+
+def test_pretrain_draws_batches_and_augmentation_from_the_algorithms_generator(digits):
+    class Spy:
+        """Digits with train_batch recording the generator it is given."""
+
+        y_train = digits.y_train
+
+        def __init__(self):
+            self.generators = []
+
+        def train_batch(self, idx, generator):
+            self.generators.append(generator)
+            return digits.x_train[idx].double(), digits.y_train[idx]
+
+    a = make("tp", "mlp-2x16-tanh", digits, {"pretrain_epochs": 1})
+    spy = Spy()
+    a.pretrain(spy, 512)
+    assert len(spy.generators) == len(digits.y_train) // 512 and all(g is a.gen for g in spy.generators)

@@ -135,12 +135,45 @@ def patch_mutmut() -> None:
 
 
 # ---------------------------------------------------------------------------------- report
-def load_equivalent() -> dict[str, str]:
-    """Mutant name → reason, from the table rows ``| `name` | reason |`` of tests/equivalent_mutants.md."""
+def load_equivalent() -> tuple[dict[str, str], dict[str, str]]:
+    """From tests/equivalent_mutants.md: mutant name → reason (rows ``| `name` | reason |``) and keyword
+    rules, keyword → reason (rows ``| keyword `device` | reason |``: a mutant whose only change is that
+    keyword argument set to None or dropped, or ``.to(x)`` → ``.to(None)`` for ``device``)."""
     if not EQUIVALENT.exists():
-        return {}
-    rows = re.findall(r"^\|\s*`([^`]+__mutmut_\d+)`\s*\|\s*(.+?)\s*\|\s*$", EQUIVALENT.read_text(), re.M)
-    return dict(rows)
+        return {}, {}
+    text = EQUIVALENT.read_text()
+    names = dict(re.findall(r"^\|\s*`([^`]+__mutmut_\d+)`\s*\|\s*(.+?)\s*\|\s*$", text, re.M))
+    rules = dict(re.findall(r"^\|\s*keyword\s+`(\w+)`\s*\|\s*(.+?)\s*\|\s*$", text, re.M))
+    return names, rules
+
+
+def _drop_keyword(code: str, kw: str) -> str:
+    """``code`` (whitespace removed) without any ``kw=<expr>`` argument (and ``.to(<expr>)`` for device)."""
+    out = code
+    for pattern in [rf"(?<![\w.]){kw}="] + ([r"\.to\((?=[^)])"] if kw == "device" else []):
+        while (m := re.search(pattern, out)):
+            depth, i = 0, m.end()
+            while i < len(out) and not (depth == 0 and out[i] in ",)"):
+                depth += out[i] in "([{"
+                depth -= out[i] in ")]}"
+                i += 1
+            keep = m.group(0) if m.group(0).startswith(".to(") else ""
+            out = out[:m.start()] + (keep[:-1] + "(" if keep else "") + out[i + (out[i:i + 1] == ","):]
+    return out.replace(",)", ")")
+
+
+def keyword_rule(diff: str, rules: dict[str, str]) -> str | None:
+    """The keyword rule a mutant's diff falls under, if its only change is that keyword set to None or dropped."""
+    def side(sign: str) -> str:
+        return "".join(ln.strip()[1:] for ln in diff.split("\n") if ln.strip().startswith(sign)).replace(" ", "")
+
+    old, new = side("-"), side("+")
+    for kw in rules:
+        weakened = (f"{kw}=None" in new or new.count(f"{kw}=") < old.count(f"{kw}=")
+                    or (kw == "device" and new.count(".to(None)") > old.count(".to(None)")))
+        if old != new and weakened and _drop_keyword(old, kw) == _drop_keyword(new, kw):
+            return kw
+    return None
 
 
 def load_results(files: list[str]) -> dict[str, dict[str, str]]:
@@ -169,17 +202,21 @@ def diff_of(name: str) -> str:
 
 def report(files: list[str], *, seconds: float | None = None, diffs: bool = True) -> int:
     os.chdir(ROOT)
-    results, equivalent = load_results(files), load_equivalent()
-    unexplained = 0
+    results, (equivalent, rules) = load_results(files), load_equivalent()
     header = f"{'file':24} {'mutants':>7} {'killed':>7} {'timeout':>7} {'survived':>8} {'equiv.':>6} {'other':>6} {'score':>7}"
     lines = [header, "-" * len(header)]
-    survivors = []
+    survivors, reasons, used = [], {}, set()
     for f, res in results.items():
         n = len(res)
         killed = sum(s == "killed" for s in res.values())
         timeout = sum(s == "timeout" for s in res.values())
         surv = [k for k, s in res.items() if s == "survived"]
-        eq = [k for k in surv if k in equivalent]
+        for k in surv:
+            if k in equivalent:
+                reasons[k] = equivalent[k]
+            elif rules and (kw := keyword_rule(diff_of(k), rules)):
+                reasons[k], _ = f"keyword `{kw}`: {rules[kw]}", used.add(kw)
+        eq = [k for k in surv if k in reasons]
         other = n - killed - timeout - len(surv)
         score = f"{100 * (killed + timeout) / n:6.1f}%" if n else "     -"
         lines.append(f"{f:24} {n:7} {killed:7} {timeout:7} {len(surv):8} {len(eq):6} {other:6} {score:>7}")
@@ -187,21 +224,20 @@ def report(files: list[str], *, seconds: float | None = None, diffs: bool = True
     print("\n".join(lines))
     print("score = (killed + timed out) / mutants; equiv. = survivors explained in tests/equivalent_mutants.md;"
           " other = no tests / not checked / error (pytest could not run)")
+    unexplained = [(f, k, s) for f, k, s in survivors if k not in reasons]
     if survivors:
         print("\nmutants not killed:")
         for f, k, s in survivors:
-            tag = "equivalent: " + equivalent[k] if k in equivalent else s.upper()
-            unexplained += k not in equivalent and not f.endswith("rfl.py")
-            print(f"  {k}  [{tag}]")
-            if diffs and k not in equivalent:
+            print(f"  {k}  [{'equivalent: ' + reasons[k] if k in reasons else s.upper()}]")
+            if diffs and k not in reasons:
                 print(diff_of(k))
     stale = sorted(set(equivalent) - {k for r in results.values() for k in r})
     if stale and len(files) == len(SCOPE):
         print("\nlisted in tests/equivalent_mutants.md but no longer generated (update the list):", *stale, sep="\n  ")
     if seconds is not None:
         print(f"\nmutation run: {seconds:.0f} s")
-    print(f"{unexplained} survivor(s) outside rfl.py neither killed nor listed as equivalent")
-    return unexplained
+    print(f"{len(unexplained)} survivor(s) neither killed nor listed as equivalent")
+    return len(unexplained)
 
 
 # ---------------------------------------------------------------------------------- main
