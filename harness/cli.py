@@ -11,16 +11,11 @@ import argparse
 import fnmatch
 import re
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.errors import ConfigError, CreditbenchError
 
 RESULTS = Path("results")
-
-
-def utc_stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
 # ------------------------------------------------------------------------------------- parser
@@ -227,6 +222,7 @@ def cmd_new_algorithm(args) -> int:
 
 def cmd_train(args) -> int:
     from harness.hparams import TrainConfig, parse_assignments, split_overrides
+    from harness.provenance import utc_stamp
     from harness.registry import get_algorithm
     from harness.store import check_writable, to_json
     from harness.train import Trainer, resolve_device
