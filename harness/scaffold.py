@@ -86,8 +86,9 @@ class {cls}(Algorithm):
                     delta = layers[l - 1].act.backward(signal, fw.a[l - 1], fw.h[l])
         return StepOutput(loss, fw.logits)
 
-    # TODO, if your rule learns feedback: learn_feedback(self, x, y, out) under self.phase("feedback"),
-    # and extra_state()/load_extra_state() for what it learns.
+    # TODO, if your rule learns feedback: override step(self, x, y) to run compute_update(x, y) and
+    # your feedback learning under self.phase("feedback"), and extra_state()/load_extra_state() for
+    # what it learns.
 '''
 
 TEST_TEMPLATE = '''"""{name}: its update equals an independent oracle.
