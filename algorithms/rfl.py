@@ -373,18 +373,19 @@ class ReciprocalFeedback(Algorithm):
             self.fb_iters += self.learner.run(iters)
             self.feedback_age = 0
 
-    @torch.no_grad()
     def _prime(self) -> None:
-        self.learner.prime()
-        if self.hp.schedule == "sleep_wake":
-            self.fb_iters += self.learner.run(self.hp.feedback_iters)
+        """σ̂ warm-up, initial Q and (sleep_wake) the sleep before the first update: feedback work, once."""
+        if self.primed:
+            return
+        with self.phase("feedback"), torch.no_grad():
+            self.learner.prime()
+            if self.hp.schedule == "sleep_wake":
+                self.fb_iters += self.learner.run(self.hp.feedback_iters)
         self.primed = True
 
     def pretrain(self, data, batch_size):
-        """σ̂ warm-up, initial Q and (sleep_wake) the sleep before the first update. The trainer counts
-        all pre-training FLOPs as feedback work, outside any update."""
-        if not self.primed:
-            self._prime()
+        """Prime the feedback pathway before the first update (the cost meter's pre-training)."""
+        self._prime()
 
     def _sleeps_now(self) -> bool:
         return self.hp.schedule == "sleep_wake" and self.updates > 0 and self.updates % self.hp.sleep_every == 0
@@ -403,9 +404,7 @@ class ReciprocalFeedback(Algorithm):
         return {k: w for k, w in (("wake", (S - 1) / S), ("sleep", 1 / S)) if w > 0}
 
     def step(self, x, y):
-        if not self.primed:  # used without the trainer's pretrain()
-            with self.phase("feedback"):
-                self._prime()
+        self._prime()  # here when stepped without pretrain() first (the update of kind "prime")
         if self.hp.schedule == "concurrent" or self._sleeps_now():
             self.feedback_phase(self.hp.feedback_iters)
         out = self.compute_update(x, y)
