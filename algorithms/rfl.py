@@ -5,9 +5,13 @@ recirculation"); the pseudoinverse as the feedback that turns output displacemen
 targets: Podlaski & Machens 2020 (arXiv:2006.06438); convergence of a Newton-like iteration with an
 approximate inverse: Hildebrandt & Graves 1927 (Trans. AMS 29:127).
 
-Notation: layers j = 0 .. L−1 (0-based, as ``net.layers``), a_j = W_j h_j + b_j with h_j the
-layer's input; every layer j ≥ 1 has feedback Q_j (shape d_in×d_out of W_j), kept transposed as
-``Qt[j]`` with W_j's shape, so that Q_j = W_jᵀ is literally ``Qt[j] = W_j`` (as fa's B).
+Notation, one index convention throughout: layers j = 0 .. L−1 (0-based, as ``net.layers``),
+a_j = W_j h_j + b_j with h_j the layer's input (``fw.h[j]``, ``fw.a[j]``); every layer j ≥ 1 has
+feedback Q_j (shape d_in×d_out of W_j), kept transposed as ``Qt[j]`` with W_j's shape, so that
+Q_j = W_jᵀ is literally ``Qt[j] = W_j`` (as fa's B). Only the names of per-layer diagnostics number
+layers from 1 (``pinv_residual_l{j+1}``), as every per-layer column of the harness does (``angle_l1``).
+State names: ``Qt`` (Q_jᵀ), ``Qt_avg`` (its Polyak average), ``sigma_max_sq`` (σ̂_max(W_j)²),
+``power_vec`` (the power iteration's vector), ``Y`` (Newton–Schulz's (W_jW_jᵀ + λI)⁻¹ estimate).
 
 1. Feedback learning (``feedback``):
 
@@ -59,14 +63,13 @@ gradient and to the Gauss–Newton direction; feedback iterations per update and
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal
 
 import torch
 
 from harness.algorithm import Algorithm, Capabilities, Plausibility, StepOutput, output_error, set_grad
 from harness.hparams import HParams, choice, hp, loguniform, randint, uniform
-from harness.metrics import angle_degrees, bp_gradients
+from harness.metrics import angle_degrees, bp_gradients, contraction, gauss_newton_directions, layers_above
 from harness.registry import register_algorithm
 
 POWER_WARMUP = 20  # σ̂ estimation steps before the first feedback phase (counted as feedback work)
@@ -106,7 +109,11 @@ def _copy(state):
 
 # =========================================================================== feedback learners
 class FeedbackLearner:
-    """Holds Q_jᵀ (``Qt[j]``, j ≥ 1) and σ̂_max(W_j)² (``sigma_max_sq[j]``); learns them from W."""
+    """Holds Q_jᵀ (``Qt[j]``, j ≥ 1) and σ̂_max(W_j)² (``sigma_max_sq[j]``); learns them from W.
+
+    ``learned``: Q is learned by the pathway from its own signals (else an oracle computes it from W)."""
+
+    learned = False
 
     def __init__(self, net, hp_, gen: torch.Generator):
         self.net, self.hp, self.gen = net, hp_, gen
@@ -138,6 +145,12 @@ class FeedbackLearner:
     def iterate(self, j: int, it: int) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    def weight_reads(hp_) -> list[tuple[str, bool]]:
+        """What a learned pathway reads of W in this configuration (weight transport): (what, whether
+        that also makes the rule non-local)."""
+        return []
+
     def state(self) -> dict:
         return {"Qt": dict(self.Qt), "sigma_max_sq": dict(self.sigma_max_sq)}
 
@@ -154,7 +167,7 @@ class WeightPowerIteration:
                                                dtype=self.W(j).dtype)) for j in self.layers}
 
     def power_step(self, j: int) -> None:
-        """σ̂² = ‖W p‖², p ← Wᵀ W p / ‖·‖."""
+        """σ̂² = ‖W r‖², r ← Wᵀ W r / ‖·‖ (r: ``power_vec[j]``)."""
         w = self.W(j)
         q = self.power_vec[j] @ w.t()
         self.sigma_max_sq[j] = (q * q).sum()
@@ -162,6 +175,17 @@ class WeightPowerIteration:
 
 
 class Recirculation(FeedbackLearner, WeightPowerIteration):
+    learned = True
+
+    @staticmethod
+    def weight_reads(hp_):
+        reads = []
+        if hp_.init_scale > 0:
+            reads.append(("Q initialised from Wᵀ", False))
+        if hp_.sigma_source == "power" and (hp_.eta_q_mode == "normalized" or hp_.damping_mode == "relative"):
+            reads.append(("σ_max by power iteration on WᵀW", True))
+        return reads
+
     def __init__(self, net, hp_, gen):
         super().__init__(net, hp_, gen)
         self.needs_sigma = hp_.eta_q_mode == "normalized" or hp_.damping_mode == "relative"
@@ -341,18 +365,15 @@ class ReciprocalFeedback(Algorithm):
     def plausibility(self):
         hp_ = self.hp
         phases = "sleep_wake" if hp_.schedule == "sleep_wake" else "two"
-        if hp_.feedback != "recirculation":
+        learner = LEARNERS[hp_.feedback]
+        if not learner.learned:
             return Plausibility(weight_transport=True, local=False, phases=phases, feedback_learning=False,
                                 notes=f"{hp_.feedback} oracle: Q computed from W itself")
-        reads = []
-        if hp_.init_scale > 0:
-            reads.append("Q initialised from Wᵀ")
-        if hp_.sigma_source == "power" and (hp_.eta_q_mode == "normalized" or hp_.damping_mode == "relative"):
-            reads.append("σ_max by power iteration on WᵀW")
-        notes = "recirculation of noise through W (local rule)" + (": " + "; ".join(reads) if reads else
-                                                                    "; σ_max from its own samples")
-        return Plausibility(weight_transport=bool(reads), local=not any("power" in r for r in reads), phases=phases,
-                            feedback_learning=True, notes=notes)
+        reads = learner.weight_reads(hp_)
+        notes = "recirculation of noise through W (local rule)" + (
+            ": " + "; ".join(what for what, _ in reads) if reads else "; σ_max from its own samples")
+        return Plausibility(weight_transport=bool(reads), local=not any(nonlocal_ for _, nonlocal_ in reads),
+                            phases=phases, feedback_learning=True, notes=notes)
 
     # ------------------------------------------------------------------ state
     def setup(self):
@@ -373,18 +394,19 @@ class ReciprocalFeedback(Algorithm):
             self.fb_iters += self.learner.run(iters)
             self.feedback_age = 0
 
-    @torch.no_grad()
     def _prime(self) -> None:
-        self.learner.prime()
-        if self.hp.schedule == "sleep_wake":
-            self.fb_iters += self.learner.run(self.hp.feedback_iters)
+        """σ̂ warm-up, initial Q and (sleep_wake) the sleep before the first update: feedback work, once."""
+        if self.primed:
+            return
+        with self.phase("feedback"), torch.no_grad():
+            self.learner.prime()
+            if self.hp.schedule == "sleep_wake":
+                self.fb_iters += self.learner.run(self.hp.feedback_iters)
         self.primed = True
 
     def pretrain(self, data, batch_size):
-        """σ̂ warm-up, initial Q and (sleep_wake) the sleep before the first update. The trainer counts
-        all pre-training FLOPs as feedback work, outside any update."""
-        if not self.primed:
-            self._prime()
+        """Prime the feedback pathway before the first update (the cost meter's pre-training)."""
+        self._prime()
 
     def _sleeps_now(self) -> bool:
         return self.hp.schedule == "sleep_wake" and self.updates > 0 and self.updates % self.hp.sleep_every == 0
@@ -403,9 +425,7 @@ class ReciprocalFeedback(Algorithm):
         return {k: w for k, w in (("wake", (S - 1) / S), ("sleep", 1 / S)) if w > 0}
 
     def step(self, x, y):
-        if not self.primed:  # used without the trainer's pretrain()
-            with self.phase("feedback"):
-                self._prime()
+        self._prime()  # here when stepped without pretrain() first (the update of kind "prime")
         if self.hp.schedule == "concurrent" or self._sleeps_now():
             self.feedback_phase(self.hp.feedback_iters)
         out = self.compute_update(x, y)
@@ -461,53 +481,19 @@ class ReciprocalFeedback(Algorithm):
         return out
 
     def contraction(self, x, y) -> float:
-        """ρ = ‖δa − J Δh_1‖ / ‖δa‖, J = ∂a_{L−1}/∂h_1 by a JVP, on (x, y)."""
+        """ρ = ‖δa − J Δh_1‖ / ‖δa‖, J = ∂a_{L−1}/∂h_1 (``harness.metrics.contraction``), on (x, y)."""
         with torch.no_grad():
             fw = self.net.forward_all(x)
             _, e = output_error(fw.logits, y)
             s1 = self._credit(fw, e, self.feedback_for_credit, set_grads=False)
         step = self.hp.beta * len(y)
-        top = self.net.layers[1:]
+        return contraction(layers_above(self.net, 1), fw.h[1], -step * s1, -step * e)
 
-        def upper(h):
-            for layer in top:
-                h = layer.act(layer.pre(h))
-            return h
-
-        with torch.no_grad(), warnings.catch_warnings():
-            # torch's forward-AD decompositions still call the deprecated torch.jit.script on first use
-            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-            _, jdh = torch.func.jvp(upper, (fw.h[1],), (-step * s1,))
-            da = -step * e
-            return ((da - jdh).norm() / da.norm()).item()
-
-    @torch.no_grad()
     def gauss_newton_update(self, x, y) -> list[torch.Tensor]:
-        """Weight directions with each hidden output's target set to the damped minimum-norm
-        network-level target J_jᵀ(J_jJ_jᵀ + λ_j I)⁻¹ δa (per example), carried by ``propagation``."""
-        layers = self.net.layers
-        fw = self.net.forward_all(x)
-        _, e = output_error(fw.logits, y)
-        n, k = e.shape
-        L = len(layers)
-        grads: list[torch.Tensor] = [None] * L
-        grads[L - 1] = e.t() @ fw.h[L - 1].flatten(1)
-        jac = torch.eye(k, device=e.device, dtype=e.dtype).expand(n, k, k)  # ∂a_{L−1}/∂a_{L−1}
-        for j in range(L - 1, 0, -1):
-            jac = jac @ layers[j].weight  # ∂a_{L−1}/∂h_j: (n, k, d_in of layer j)
-            gram = jac @ jac.transpose(1, 2)
-            if self.hp.damping_mode == "relative":
-                lam = self.hp.damping * torch.linalg.eigvalsh(gram)[:, -1]
-            else:
-                lam = torch.full((n,), self.hp.damping, device=e.device, dtype=e.dtype)
-            gram = gram + lam[:, None, None] * torch.eye(k, device=e.device, dtype=e.dtype)
-            # pseudoinverse, not solve: the Gram matrix is singular when J_j has rank < k (narrow or
-            # saturated layers, no damping); J_jᵀ (J_j J_jᵀ)⁺ e is still the minimum-norm target
-            s = (jac.transpose(1, 2) @ (torch.linalg.pinv(gram, hermitian=True) @ e.unsqueeze(2))).squeeze(2)
-            g = self._carry(j - 1, s, fw.a[j - 1], fw.h[j])
-            grads[j - 1] = g.t() @ fw.h[j - 1].flatten(1)
-            jac = jac * layers[j - 1].act.deriv(fw.a[j - 1], fw.h[j]).unsqueeze(1)
-        return grads
+        """Weight directions with each hidden layer's input target set to the damped minimum-norm
+        network-level target, carried by ``propagation`` (``harness.metrics.gauss_newton_directions``)."""
+        return gauss_newton_directions(self.net, x, y, damping=self.hp.damping,
+                                       relative=self.hp.damping_mode == "relative", carry=self._carry)
 
     @torch.no_grad()
     def feedback_angles(self) -> dict[str, float]:

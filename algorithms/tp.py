@@ -244,7 +244,7 @@ class TargetProp(Algorithm):
             perm = torch.randperm(n, generator=self.gen, device=self.device)
             for b in range(max(1, n // bs)):
                 x, _ = data.train_batch(perm[b * bs:(b + 1) * bs], self.gen)
-                self.train_inverses(self.net.forward_all(x))  # the trainer counts all of it as feedback
+                self.train_inverses(self.net.forward_all(x))  # the cost meter counts all of it as pre-training
 
     @torch.no_grad()
     def diagnostics(self, x, y):

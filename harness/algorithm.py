@@ -7,8 +7,9 @@ as a nested ``Params(HParams)`` class and its ``capabilities``, and implements
 * ``compute_update(x, y)``: write the update direction (a pseudo-gradient) of every forward
   parameter into ``.grad`` and return the loss and logits, *without* changing any state
   (the harness calls it on probe batches for the alignment metric);
-* optionally ``learn_feedback(x, y, out)`` for its own feedback state, and ``step`` if its
-  schedule is not "credit, then feedback";
+* optionally ``step(x, y)``, one training update (the default is ``compute_update``), when the
+  algorithm also learns feedback: it runs its feedback work under ``self.phase("feedback")``
+  before or after ``compute_update`` (tp's inverses, rfl's sleep–wake schedule);
 * ``extra_state``/``load_extra_state`` for checkpoints, ``diagnostics`` for per-epoch metrics;
 * ``plausibility()``: what the configuration actually run does (weight transport, locality,
   phases, feedback learning), recorded in every trial summary.
@@ -127,14 +128,10 @@ class Algorithm:
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         raise NotImplementedError
 
-    def learn_feedback(self, x: torch.Tensor, y: torch.Tensor, out: StepOutput) -> None:
-        """Update the algorithm's own feedback state (forward weights are not touched here)."""
-
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        """One training update: pseudo-gradients into ``.grad``, then feedback learning."""
-        out = self.compute_update(x, y)
-        self.learn_feedback(x, y, out)
-        return out
+        """One training update: pseudo-gradients into ``.grad``. Override it to learn feedback too
+        (under ``self.phase("feedback")``), before or after ``compute_update``."""
+        return self.compute_update(x, y)
 
     def pretrain(self, data, batch_size: int) -> None:
         """Optional feedback pre-training before forward training (e.g. DTP inverses)."""

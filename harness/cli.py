@@ -11,16 +11,11 @@ import argparse
 import fnmatch
 import re
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.errors import ConfigError, CreditbenchError
 
 RESULTS = Path("results")
-
-
-def utc_stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
 # ------------------------------------------------------------------------------------- parser
@@ -62,16 +57,14 @@ class DeviceChoices:
 
 
 def dataset_names() -> list[str]:
-    import harness.datasets  # noqa: F401  (registers the datasets)
-    from harness.registry import DATASETS
+    from harness.datasets import DATASETS
 
     return DATASETS.names()
 
 
 def registered_dataset(name: str) -> str:
     """argparse ``type``: a registered dataset id, else the registry's error with its "did you mean"."""
-    import harness.datasets  # noqa: F401
-    from harness.registry import DATASETS
+    from harness.datasets import DATASETS
 
     DATASETS.get(name)
     return name
@@ -85,9 +78,11 @@ def algorithm_names() -> list[str]:
 
 def registered_algorithm(name: str) -> str:
     """argparse ``type``: a registered algorithm id, else the registry's error with its "did you mean"."""
+    from harness.registry import algorithm_names as names
     from harness.registry import get_algorithm
 
-    get_algorithm(name)
+    if name not in names():
+        get_algorithm(name)  # raises the registry's error
     return name
 
 
@@ -125,11 +120,11 @@ def _table(rows: list[list[str]], indent: str) -> list[str]:
     return [(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths))).rstrip() for r in rows]
 
 
-def params_lines(params, indent: str) -> list[str]:
-    """Aligned columns (name, default, type and range, search space), then each one's doc and condition."""
+def params_lines(described: list[dict], indent: str) -> list[str]:
+    """Aligned columns (name, default, type and range, search space), then each one's doc and condition;
+    ``described`` is ``HParams.describe()`` (as in an algorithm's spec)."""
     from harness.hparams import describe_when
 
-    described = params.describe()
     if not described:
         return [f"{indent}(no hyperparameters of its own)"]
     rows = [["hyperparameter", "default", "values", "search"]]
@@ -149,12 +144,16 @@ def _matches(name: str, patterns: list[str]) -> bool:
 
 
 def cmd_list(args) -> int:
+    """Algorithms from their specs (``registry.algorithm_spec``: no plugin imported while the registry's
+    index is current), datasets and networks from their own tables: no torch is imported."""
+    from harness.datasets import DATASETS
     from harness.hparams import TrainConfig
-    from harness.registry import ALGORITHMS, DATASETS, NETWORKS, algorithm_origin, describe_origin, load_plugins
+    from harness.network_presets import ACTIVATION_NAMES, NETWORKS
+    from harness.registry import algorithm_names, algorithm_spec, describe_origin
 
-    load_plugins()
     patterns = args.patterns
-    algos = [n for n in ALGORITHMS.names() if _matches(n, patterns)]
+    all_algos = algorithm_names()
+    algos = [n for n in all_algos if _matches(n, patterns)]
     datasets = [n for n in DATASETS.names() if _matches(n, patterns)]
     networks = [n for n in NETWORKS.names() if _matches(n, patterns)]
     training = not patterns or any(fnmatch.fnmatchcase("training", p) for p in patterns)
@@ -162,12 +161,13 @@ def cmd_list(args) -> int:
         from harness.errors import UnknownNameError
 
         raise UnknownNameError("algorithm, dataset or network (pattern)", " ".join(patterns),
-                               ALGORITHMS.names() + DATASETS.names() + NETWORKS.names())
+                               all_algos + DATASETS.names() + NETWORKS.names())
+    specs = [algorithm_spec(n) for n in algos]
     if args.json:
         import json
 
         payload = {
-            "algorithms": [ALGORITHMS.get(n).spec() for n in algos],
+            "algorithms": specs,
             "training": TrainConfig.describe() if training else [],
             "datasets": [{"name": n, **_dataset_dict(DATASETS.get(n))} for n in datasets],
             "networks": [{"name": n, "description": NETWORKS.get(n).description} for n in networks],
@@ -177,21 +177,20 @@ def cmd_list(args) -> int:
     lines: list[str] = []
     if algos:
         lines.append("algorithms:")
-    for name in algos:
-        cls = ALGORITHMS.get(name)
-        caps = cls.capabilities.to_dict()
+    for name, spec in zip(algos, specs):
+        caps = spec["capabilities"]
         acts = caps["activations"] if isinstance(caps["activations"], str) else ", ".join(caps["activations"])
-        lines.append(f"  {name} (v{cls.version}): {cls.description}")
-        lines += _table([["reference:", cls.reference],
-                         ["code:", describe_origin(algorithm_origin(cls))],
+        lines.append(f"  {name} (v{spec['version']}): {spec['description']}")
+        lines += _table([["reference:", spec["reference"]],
+                         ["code:", describe_origin(spec["origin"])],
                          ["supports:", f"layers {', '.join(caps['layers'])}; activations {acts}"
                                       + ("; needs invertible activations" if caps["needs_invertible"] else "")]],
                         "      ")
-        lines += params_lines(cls.Params, "      ")
+        lines += params_lines(spec["hyperparameters"], "      ")
         lines.append("")
     if training:
         lines.append("training hyperparameters (shared by every algorithm):")
-        lines += params_lines(TrainConfig, "  ")
+        lines += params_lines(TrainConfig.describe(), "  ")
         lines.append("")
     if datasets:
         lines.append("datasets:")
@@ -202,7 +201,7 @@ def cmd_list(args) -> int:
                          d["description"]])
         lines += _table(rows, "  ") + [""]
     if networks:
-        lines.append("networks (or any mlp-<depth>x<width>-<activation>, activation in tanh, leaky-relu, relu, linear):")
+        lines.append(f"networks (or any mlp-<depth>x<width>-<activation>, activation in {', '.join(ACTIVATION_NAMES)}):")
         lines += _table([["network", "description"]] + [[n, NETWORKS.get(n).description] for n in networks], "  ")
     print("\n".join(lines).rstrip())
     return 0
@@ -227,6 +226,7 @@ def cmd_new_algorithm(args) -> int:
 
 def cmd_train(args) -> int:
     from harness.hparams import TrainConfig, parse_assignments, split_overrides
+    from harness.provenance import utc_stamp
     from harness.registry import get_algorithm
     from harness.store import check_writable, to_json
     from harness.train import Trainer, resolve_device

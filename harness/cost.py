@@ -10,6 +10,10 @@ matrix–vector and dot products (also missing from it) 2·m·n and 2·n.
 
 Algorithms mark their phases with ``with self.phase("credit"): ...``; work outside every
 phase is not attributed. Phases nest: the innermost one gets the work.
+
+Work before the first update (``Algorithm.pretrain``: rfl's σ̂ warm-up and first sleep, tp/dtp's
+inverse pre-training) runs inside :meth:`CostMeter.pretraining`, a FLOP window of its own: all of it
+is ``pretrain_flops``, and counts as feedback work in the cumulative FLOPs, not in any update's cost.
 """
 
 from __future__ import annotations
@@ -129,6 +133,7 @@ class CostMeter:
         self._cur_ns: dict[str, int] = {}  # its wall time, by phase
         self._cuda_events: list = []
         self.memory = MemoryWatch(self.device)
+        self.pretrain_flops = 0.0  # FLOPs of the work before the first update (see pretraining)
 
     # ------------------------------------------------------------------ phases
     def _flush(self) -> None:
@@ -155,6 +160,16 @@ class CostMeter:
         finally:
             self._flush()
             self._stack.pop()
+
+    # ------------------------------------------------------------------ pre-training
+    @contextmanager
+    def pretraining(self):
+        """The window before the first update: every FLOP counted in it, whatever its phase, is
+        pre-training work (``pretrain_flops``), attributed to feedback in :meth:`cumulative_flops`."""
+        counter = flop_counter(self.elementwise)
+        with counter:
+            yield
+        self.pretrain_flops += float(counter.get_total_flops())
 
     # ------------------------------------------------------------------ updates
     @contextmanager
@@ -216,11 +231,12 @@ class CostMeter:
         return {p: self._amortised({k: f[p] for k, f in self.kind_flops.items()}) for p in PHASES}
 
     def cumulative_flops(self) -> dict[str, float]:
-        """FLOPs of every update run so far, by phase (NaN if a kind that ran was never counted)."""
+        """FLOPs of every update run so far, by phase (NaN if a kind that ran was never counted), and
+        of the pre-training, which is feedback work."""
         out = {}
         for p in PHASES:
             out[p] = float(sum(n * self.kind_flops[k][p] if k in self.kind_flops else float("nan")
-                               for k, n in self.kind_updates.items()))
+                               for k, n in self.kind_updates.items())) + (self.pretrain_flops if p == "feedback" else 0)
         return out
 
     # ------------------------------------------------------------------ summary

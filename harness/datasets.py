@@ -5,6 +5,10 @@
 is carved from the training set with a split seed independent of the trial seed;
 normalisation statistics come from the training split only. CIFAR-10 training batches are
 augmented on the device (random crop with padding 4, horizontal flip).
+
+This module owns the table of datasets (``DATASETS``: id → :class:`DatasetSpec`). Reading the table
+imports no torch (``creditbench list`` stays fast): torch is imported by the functions that make
+tensors (``load_dataset``, ``random_crop_flip``), which every caller of them has imported already.
 """
 
 from __future__ import annotations
@@ -17,17 +21,21 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from harness import store
 from harness.errors import DataError
-from harness.registry import DATASETS, register_dataset
+from harness.registry import Registry
+
+DATASETS: Registry = Registry("dataset")
 
 DATA_DIR_ENV = "CREDITBENCH_DATA_DIR"
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+
+
+def register_dataset(name: str, *, override: bool = False) -> Callable:
+    """``register_dataset("digits")(DatasetSpec(...))``."""
+    return lambda spec: DATASETS.register(name, spec, override=override)
 
 
 def default_data_dir() -> Path:
@@ -77,6 +85,9 @@ class Data:
 
 def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     """Vectorised random crop (zero padding ``pad``) and horizontal flip of a batch (N, C, H, W)."""
+    import torch
+    import torch.nn.functional as F
+
     n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=x.device)
@@ -110,6 +121,8 @@ def _idx_missing(folder: str, system_dir: Path | None = None):
 def _load_idx(cls_name: str, folder: str, system_dir: Path | None = None):
     def load(root: Path):
         import torchvision
+
+        from harness import store
 
         raw = root / folder / "raw"
         if system_dir is not None and _idx_missing(folder)(root) and not _idx_missing(folder, system_dir)(root):
@@ -210,6 +223,8 @@ def fingerprint(*arrays) -> str:
 def load_dataset(name: str, *, data_dir=None, device="cpu", split_seed: int = 0,
                  val_size: int | float | None = None) -> Data:
     """Load, split (train/val from the training set), normalise with training statistics, move to device."""
+    import torch
+
     spec: DatasetSpec = DATASETS.get(name)
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     check_available(name, root)

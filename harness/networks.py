@@ -1,15 +1,15 @@
 """Networks: stacks of affine layers ``a_l = W_l h_{l-1} + b_l``, ``h_l = f(a_l)``, logits ``h_L = a_L``.
 
 A network is named by a preset (``mlp-5x256-tanh``, ``cnn-small-tanh``) or any spec string
-``mlp-<depth>x<width>-<activation>`` (e.g. ``mlp-2x64-relu``). Layers expose the pieces
-algorithms need (``pre``: the affine map; ``backward``: the input and parameter gradients
-for a given output signal and feedback weight) so that no algorithm re-derives them.
+``mlp-<depth>x<width>-<activation>`` (e.g. ``mlp-2x64-relu``); the table of presets and the parsing
+of spec strings live in ``harness.network_presets`` (plain data, no torch). Layers expose the pieces
+algorithms need (``pre``: the affine map; ``backward``: the input and parameter gradients for a given
+output signal and feedback weight) so that no algorithm re-derives them.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import ConfigError, UnknownNameError
-from harness.registry import NETWORKS, register_network
+from harness.network_presets import ACTIVATION_NAMES, CNNSpec, MLPSpec, resolve_spec
 
 
 # --------------------------------------------------------------------------- activations
@@ -104,6 +104,7 @@ class Identity(Activation):
 
 
 ACTIVATIONS = {cls.name: cls for cls in (Tanh, LeakyReLU, ReLU, Identity)}
+assert tuple(ACTIVATIONS) == ACTIVATION_NAMES, "harness.network_presets.ACTIVATION_NAMES must name these"
 
 
 def activation(name: str) -> Activation:
@@ -244,80 +245,31 @@ def init_weights(net: Network, scheme: str, generator: torch.Generator) -> None:
             layer.bias.zero_()
 
 
-# --------------------------------------------------------------------------- specs
-@dataclass(frozen=True)
-class MLPSpec:
-    depth: int
-    width: int
-    activation: str
-    description: str = ""
-
-    def build(self, input_shape: tuple[int, ...], num_classes: int) -> list[Layer]:
-        d = math.prod(input_shape)
-        layers: list[Layer] = []
-        for _ in range(self.depth):
-            layers.append(Linear(d, self.width, activation(self.activation)))
-            d = self.width
-        layers.append(Linear(d, num_classes, Identity()))
-        return layers
-
-
-@dataclass(frozen=True)
-class CNNSpec:
-    """Small strided CNN (no pooling): conv3x3/s2 → f → conv3x3/s2 → f → linear."""
-
-    channels: tuple[int, ...]
-    activation: str
-    description: str = ""
-
-    def build(self, input_shape: tuple[int, ...], num_classes: int) -> list[Layer]:
+# --------------------------------------------------------------------------- specs → layers
+def build_layers(spec: MLPSpec | CNNSpec, input_shape: tuple[int, ...], num_classes: int) -> list[Layer]:
+    """The layers an :class:`MLPSpec` or :class:`CNNSpec` describes, for this input and class count."""
+    if isinstance(spec, CNNSpec):
         if len(input_shape) != 3:
             raise ConfigError(f"a CNN needs image inputs (C, H, W); this dataset gives shape {input_shape}")
         c, hgt, wid = input_shape
         layers: list[Layer] = []
-        for out in self.channels:
-            layers.append(Conv(c, out, 3, 2, 1, activation(self.activation)))
+        for out in spec.channels:
+            layers.append(Conv(c, out, 3, 2, 1, activation(spec.activation)))
             c, hgt, wid = out, (hgt + 1) // 2, (wid + 1) // 2
         layers.append(Linear(c * hgt * wid, num_classes, Identity()))
         return layers
-
-
-MLP_PATTERN = re.compile(r"^mlp-(\d+)x(\d+)-([a-z-]+)$")
-
-
-for _name, _desc in [
-    ("mlp-5x256-tanh", "MNIST/Fashion-MNIST MLP of Bartunov et al. 2018 and Meulemans et al. 2020"),
-    ("mlp-3x1024-tanh", "CIFAR-10 fully connected MLP of Bartunov et al. 2018 and Meulemans et al. 2020"),
-    ("mlp-1x1000-tanh", "784-1000-10 of Lillicrap et al. 2016 and Podlaski & Machens 2020"),
-    ("mlp-2x128-tanh", "small MLP for quick runs on digits"),
-]:
-    _m = MLP_PATTERN.match(_name)
-    register_network(_name)(MLPSpec(int(_m[1]), int(_m[2]), _m[3], _desc))
-
-register_network("cnn-small-tanh")(CNNSpec((16, 32), "tanh", "two strided 3x3 convolutions (16, 32 channels) + linear"))
-register_network("cnn-small-relu")(CNNSpec((16, 32), "relu", "as cnn-small-tanh with ReLU"))
-
-
-def resolve_spec(name: str):
-    """A registered preset, or an ``mlp-<depth>x<width>-<activation>`` spec string."""
-    if name in NETWORKS:
-        return NETWORKS.get(name)
-    m = MLP_PATTERN.match(name)
-    if m:
-        depth, width, act = int(m[1]), int(m[2]), m[3]
-        if act not in ACTIVATIONS:
-            raise UnknownNameError("activation", act, ACTIVATIONS)
-        if depth < 1 or width < 1:
-            raise ConfigError(f"network '{name}': depth and width must be ≥ 1")
-        return MLPSpec(depth, width, act)
-    raise UnknownNameError(
-        "network (preset, or mlp-<depth>x<width>-<activation>)", name, NETWORKS.names()
-    )
+    d = math.prod(input_shape)
+    layers = []
+    for _ in range(spec.depth):
+        layers.append(Linear(d, spec.width, activation(spec.activation)))
+        d = spec.width
+    layers.append(Linear(d, num_classes, Identity()))
+    return layers
 
 
 def build_network(name: str, input_shape, num_classes: int, *, init: str = "glorot",
                   generator: torch.Generator | None = None, device="cpu") -> Network:
     spec = resolve_spec(name)
-    net = Network(name, spec.build(tuple(input_shape), num_classes)).to(device)
+    net = Network(name, build_layers(spec, tuple(input_shape), num_classes)).to(device)
     init_weights(net, init, generator or torch.Generator(device=device).manual_seed(0))
     return net

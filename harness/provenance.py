@@ -1,4 +1,5 @@
-"""What every result records about where it came from: versions, git commit, device."""
+"""What every result records about where it came from: versions, git commit, device, and the UTC time
+stamp that names run directories."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import functools
 import os
 import platform
 import subprocess
+from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, distribution, version
 from pathlib import Path
 
@@ -13,6 +15,11 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("creditbench", "torch", "torchvision", "ray", "numpy", "pandas", "scikit-learn", "pydantic")
+
+
+def utc_stamp() -> str:
+    """The current UTC time as ``20260101T000000Z`` (run directories of ``train`` and ``sweep``)."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
 @functools.lru_cache(maxsize=1)

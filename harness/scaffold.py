@@ -86,8 +86,9 @@ class {cls}(Algorithm):
                     delta = layers[l - 1].act.backward(signal, fw.a[l - 1], fw.h[l])
         return StepOutput(loss, fw.logits)
 
-    # TODO, if your rule learns feedback: learn_feedback(self, x, y, out) under self.phase("feedback"),
-    # and extra_state()/load_extra_state() for what it learns.
+    # TODO, if your rule learns feedback: override step(self, x, y) to run compute_update(x, y) and
+    # your feedback learning under self.phase("feedback"), and extra_state()/load_extra_state() for
+    # what it learns.
 '''
 
 TEST_TEMPLATE = '''"""{name}: its update equals an independent oracle.
@@ -142,7 +143,7 @@ def class_name(name: str) -> str:
 
 def validate_new_name(name: str) -> str:
     """A name that can be a registry id, a path component and an importable module ``algorithms.<name>``."""
-    from harness.store import safe_name
+    from harness.names import safe_name
 
     safe_name(name, "algorithm id")
     if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_") or not name.isascii():
@@ -153,12 +154,12 @@ def validate_new_name(name: str) -> str:
 
 def new_algorithm(name: str, algo_dir: Path = ALGORITHMS_DIR, tests_dir: Path = TESTS_DIR) -> tuple[Path, Path]:
     """Write ``<algo_dir>/<name>.py`` and ``<tests_dir>/test_<name>.py``; refuse an existing id or file."""
-    from harness.registry import ALGORITHMS, load_plugins
+    from harness.registry import algorithm_names, algorithm_spec
 
     validate_new_name(name)
-    load_plugins()
-    if name in ALGORITHMS:
-        raise ConfigError(f"algorithm '{name}' already exists ({ALGORITHMS.get(name).__module__}); choose another name")
+    if name in algorithm_names():
+        raise ConfigError(f"algorithm '{name}' already exists ({algorithm_spec(name)['origin']['module']}); "
+                          "choose another name")
     algo_path, test_path = Path(algo_dir) / f"{name}.py", Path(tests_dir) / f"test_{name}.py"
     for path in (algo_path, test_path):
         if path.exists():

@@ -19,9 +19,7 @@ from pathlib import Path
 import torch
 
 from harness.errors import CheckpointError, ConfigError, ResultsError
-
-NAME_RULE = "letters, digits, '-', '_' and '.' (starting with a letter, digit or '_'; no '..'; at most 128 characters)"
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+from harness.names import NAME_RULE, safe_name  # noqa: F401  (the rule's owner; re-exported)
 
 
 TMP_SUFFIX = ".tmp"
@@ -170,14 +168,6 @@ def _load_failure(exc: Exception) -> str:
         return "empty or truncated file"
     first = text.strip().split("\n")[0].split(". ")[0]
     return f"{type(exc).__name__}: {first[:200]}" if first else f"unreadable: {type(exc).__name__}"
-
-
-def safe_name(value, what: str) -> str:
-    """``value`` if it can be one component of a path (no separator, no '..', not hidden, not empty);
-    otherwise a one-line :class:`ConfigError` naming ``what`` and what is allowed."""
-    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
-        raise ConfigError(f"{what} {value!r} is not a valid name; allowed: {NAME_RULE}")
-    return value
 
 
 LOCK = ".lock"

@@ -826,7 +826,7 @@ def print_table(rows: list[dict], log=sys.stderr) -> None:
 
 def new_sweep(opts: SweepOptions, *, callbacks=(), argv=None, log=sys.stderr) -> tuple[Path, int]:
     """Validate, create the results directory, run. Nothing is created if validation fails."""
-    from harness.cli import utc_stamp
+    from harness.provenance import utc_stamp
 
     store.check_writable(opts.results_root, "--results")  # before the spec's data is loaded
     spec, plan = resolve(opts)

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from harness import store
 from harness.algorithm import Algorithm
-from harness.cost import PHASES, CostMeter, NullMeter, flop_counter
+from harness.cost import PHASES, CostMeter, NullMeter
 from harness.datasets import Data, load_dataset
 from harness.errors import ConfigError, CreditbenchError
 from harness.hparams import HParams, TrainConfig
@@ -118,7 +118,6 @@ class Trainer:
         self.bad_epochs = 0
         self.status, self.stop_reason = "running", None
         self.train_seconds = 0.0
-        self.pretrain_flops = 0.0
 
     def _optimizer(self) -> torch.optim.Optimizer:
         tc, params = self.tc, self.net.parameters()
@@ -128,12 +127,14 @@ class Trainer:
         return torch.optim.SGD(params, lr=tc.lr, momentum=momentum, weight_decay=tc.weight_decay)
 
     # ------------------------------------------------------------------ epochs
+    @property
+    def pretrain_flops(self) -> float:
+        return self.meter.pretrain_flops
+
     def _pretrain(self) -> None:
-        counter = flop_counter()
         t0 = time.perf_counter()
-        with counter:
+        with self.meter.pretraining():
             self.algo.pretrain(self.data, self.tc.batch_size)
-        self.pretrain_flops = float(counter.get_total_flops())
         self.train_seconds += time.perf_counter() - t0
 
     def train_epoch(self) -> dict:
@@ -173,7 +174,7 @@ class Trainer:
         row = {
             "epoch": self.epoch, "updates": self.updates, **train,
             "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-            **{f"flops_{p}": flops[p] + (self.pretrain_flops if p == "feedback" else 0) for p in PHASES},
+            **{f"flops_{p}": flops[p] for p in PHASES},
         }
         row["flops_total"] = sum(row[f"flops_{p}"] for p in PHASES)
         row["wall_time_s"] = self.train_seconds
@@ -339,7 +340,7 @@ class Trainer:
         self.status, self.stop_reason = ck["status"], ck["stop_reason"]
         if self.status == "ok" and self.epoch < self.tc.epochs and self.stop_reason == "max_epochs":
             self.status, self.stop_reason = "running", None  # more epochs were asked for
-        self.train_seconds, self.pretrain_flops = ck["train_seconds"], ck["pretrain_flops"]
+        self.train_seconds, self.meter.pretrain_flops = ck["train_seconds"], ck["pretrain_flops"]
         self.net.load_state_dict(ck["net"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.algo.load_extra_state(ck["algo"])

@@ -73,3 +73,50 @@ def test_alignment_angles_compare_each_layer_update_with_bp():
     want = [angle_degrees(w.grad, g) for w, g in zip(net.weights(), reference, strict=True)]
     assert angles == want and len(angles) == 4
     assert angles[-1] < 1e-5 and all(a > 20 for a in angles[:-1])  # top layer exact, the rest random
+
+
+# ------------------------------------------------------------------ Newton-like diagnostics
+def test_contraction_of_a_linear_map_is_the_relative_residual():
+    from harness.metrics import contraction
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    h, dh = torch.randn(4, 5, generator=g, dtype=torch.float64), torch.randn(4, 5, generator=g, dtype=torch.float64)
+    da = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    upper = lambda v: v @ a.t()  # noqa: E731
+    assert contraction(upper, h, dh, da) == pytest.approx(((da - dh @ a.t()).norm() / da.norm()).item(), rel=1e-12)
+    exact = da @ torch.linalg.pinv(a).t()  # a right-inverse: J Δh = δa
+    assert contraction(upper, h, exact, da) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_gauss_newton_directions_equal_a_per_example_oracle(relative):
+    """Per example, J_j = ∂logits/∂h_j by autograd on the equations written out (no harness code), the
+    damped minimum-norm target, carried by ⊙ f'; the direction of W_{j−1} sums g hᵀ over examples."""
+    from harness.metrics import gauss_newton_directions
+
+    net = build_network("mlp-2x6-tanh", (4,), 3, generator=torch.Generator().manual_seed(1)).double()
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (5,), generator=g)
+    damping = 0.1
+    chain = lambda j, s, a, h: s * (1 - h * h)  # noqa: E731  (tanh: f'(a) = 1 − h²)
+    got = gauss_newton_directions(net, x, y, damping=damping, relative=relative, carry=chain)
+    (w0, b0), (w1, b1), (w2, b2) = [(layer.weight.detach(), layer.bias.detach()) for layer in net.layers]
+    h1 = torch.tanh(x @ w0.t() + b0)
+    h2 = torch.tanh(h1 @ w1.t() + b1)
+    logits = h2 @ w2.t() + b2
+    e = (torch.softmax(logits, 1) - torch.nn.functional.one_hot(y, 3)) / len(y)
+    above = {1: lambda h: w2 @ torch.tanh(w1 @ h + b1) + b2, 2: lambda h: w2 @ h + b2}
+    inputs = {0: x, 1: h1, 2: h2}
+    want = [None, None, e.t() @ h2]
+    for j in (2, 1):
+        rows = []
+        for i in range(len(y)):
+            jac = torch.autograd.functional.jacobian(above[j], inputs[j][i])  # (3, d)
+            gram = jac @ jac.t()
+            lam = damping * torch.linalg.eigvalsh(gram)[-1] if relative else damping
+            s = jac.t() @ torch.linalg.pinv(gram + lam * torch.eye(3, dtype=torch.float64)) @ e[i]
+            rows.append(s * (1 - inputs[j][i] ** 2))
+        want[j - 1] = torch.stack(rows).t() @ inputs[j - 1]
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -219,3 +219,71 @@ def test_module_importing_another_plugin_must_register_its_own(monkeypatch, tmp_
         "@register_algorithm\nclass Derived(Rule):\n    name = 'derived-test'\n")
     (tmp_path / "_helper.py").write_text("X = 1  # a helper: not imported, registers nothing\n")
     _load_builtins_from(monkeypatch, tmp_path)  # no error
+
+
+# ------------------------------------------------------------------------------- lazy loading, index
+def _fresh_python(code: str) -> str:
+    """Run ``code`` in a new interpreter at the repository root; returns its stdout."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_index_specs_are_what_importing_the_code_gives():
+    import harness.registry as registry
+
+    registry.load_plugins()  # imports every built-in and (re)writes the index
+    rows = registry._read_index(registry._builtin_folders())
+    assert rows is not None and {r["name"] for r in rows} >= {"bp", "fa", "tp", "dtp", "rfl"}
+    for row in rows:
+        cls = get_algorithm(row["name"])
+        assert row["spec"] == cls.spec() and row["entry_point"] == f"{cls.__module__}:{cls.__qualname__}"
+
+
+def test_listing_imports_no_plugin_and_no_torch_while_the_index_is_current():
+    import harness.registry as registry
+
+    registry.load_plugins()
+    out = _fresh_python(
+        "import sys\nfrom harness.cli import main\nmain(['list', '--json'])\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('algorithms.')))")
+    assert out.strip().splitlines()[-1] == "[]"
+    out = _fresh_python(  # asking for one algorithm imports that module only
+        "import sys\nfrom harness.registry import get_algorithm\nget_algorithm('fa')\n"
+        "print(sorted(m for m in sys.modules if m.startswith('algorithms.')))")
+    assert out.strip() == "['algorithms.fa']"
+
+
+def test_index_is_used_only_while_every_file_is_unchanged(monkeypatch, tmp_path):
+    """An edit or a new file in algorithms/ makes the index stale: the modules are imported again."""
+    import sys
+
+    import algorithms
+    import harness.registry as registry
+
+    (tmp_path / "good_rule.py").write_text(PLUGIN.format(decorator="@register_algorithm", name="good-rule-test"))
+    _load_builtins_from(monkeypatch, tmp_path)  # writes tmp_path/__pycache__/creditbench-index.json
+    folders = [tmp_path]
+    assert [r["name"] for r in registry._read_index(folders)] == ["good-rule-test"]
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [])
+    monkeypatch.setattr(algorithms, "__path__", [str(tmp_path)])
+    try:
+        registry._discover()  # from the index: known by name, not imported
+        assert "good-rule-test" in ALGORITHMS and "algorithms.good_rule" not in sys.modules
+        assert registry.algorithm_spec("good-rule-test")["description"] == "test plugin"
+        assert get_algorithm("good-rule-test").__module__ == "algorithms.good_rule"  # imported on demand
+    finally:
+        ALGORITHMS.unregister("good-rule-test")
+        sys.modules.pop("algorithms.good_rule", None)
+    (tmp_path / "new_rule.py").write_text(PLUGIN.format(decorator="@register_algorithm", name="new-rule-test"))
+    assert registry._read_index(folders) is None  # a new file: not current
+    (tmp_path / "new_rule.py").unlink()
+    assert registry._read_index(folders) is not None
+    (tmp_path / "good_rule.py").write_text(PLUGIN.format(decorator="@register_algorithm", name="renamed-test"))
+    assert registry._read_index(folders) is None  # an edit: not current

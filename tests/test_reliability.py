@@ -545,10 +545,10 @@ def test_progress_line_of_a_trial_without_a_valid_epoch(capsys):
 
 
 def test_two_sweeps_of_one_name_in_one_second_get_two_folders(tmp_path, monkeypatch):
-    import harness.cli
+    import harness.provenance
     import harness.sweep as sweep
 
-    monkeypatch.setattr(harness.cli, "utc_stamp", lambda: "20260101T000000Z")
+    monkeypatch.setattr(harness.provenance, "utc_stamp", lambda: "20260101T000000Z")
     monkeypatch.setattr(sweep, "execute", lambda out_dir, *a, **k: 0)
     real_exists = Path.exists
     # the other sweep creates the folder between this one's check and its mkdir
