@@ -70,7 +70,7 @@ def test_report_has_every_section_figure_and_table(dirs, main_report):
         assert f"\n{algo} & 3 & " in tex
     # provenance: spec, env facts and the dataset fingerprint
     env = json.loads((dirs["main"] / "env.json").read_text())
-    assert env["datasets"]["digits"]["fingerprint"] in text
+    assert env["dataset"]["fingerprints"]["digits"] in text
     assert "```yaml" in text and "search_space" in text
     assert "No trial diverged or failed." in text
 
@@ -210,7 +210,7 @@ def test_incompatible_protocol_is_refused(dirs, tmp_path):
 
 def test_different_dataset_fingerprints_are_refused(dirs, tmp_path):
     def edit(env):
-        env["datasets"]["digits"]["fingerprint"] = "0" * 16
+        env["dataset"]["fingerprints"]["digits"] = "0" * 16
         return env
 
     other = copy_dir(dirs["only_fa"], tmp_path / "fp", edit_env=edit)
