@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -295,3 +296,47 @@ def test_different_package_versions_are_flagged(dirs, tmp_path):
     warning = next(line for line in text.splitlines() if "different package versions" in line)
     assert warning.startswith("> **Warning") and f"torch {torch_version} (`only_bp`) vs 2.13.0 (`older`)" in warning
     assert "numpy" in warning and "ray" not in warning
+
+
+# ---------------------------------------------------------------------------- the baseline is one setting
+def test_every_table_follows_the_baseline(dirs, tmp_path):
+    """--baseline (formerly --reference) orders every table; the protocol table used to keep bp first."""
+    build_report([dirs["main"]], tmp_path, figures=False, baseline="fa")
+    for name in ("summary", "hyperparameters"):
+        assert pd.read_csv(tmp_path / "tables" / f"{name}.csv")["algo"].iloc[0] == "fa", name
+    protocol = pd.read_csv(tmp_path / "tables" / "protocol.csv")
+    assert list(protocol["algorithms"]) == ["fa, bp, fa_probe"] * len(protocol)
+    assert (pd.read_csv(tmp_path / "tables" / "summary.csv")["reference"] == "fa").all()
+
+
+def test_diagnostic_labels_come_from_the_results_not_the_algorithms(dirs, tmp_path):
+    from harness.report_data import diagnostic_labels
+
+    plain = load_results([dirs["main"]])
+    assert diagnostic_labels(plain) == {}  # nothing declared: the report shows the column names
+    copy = copy_dir(dirs["main"], tmp_path / "declared")
+    declared = {"fa_probe": {"diagnostics": {"contraction": {"label": "ρ", "unit": "ratio"},
+                                             "pinv_residual": {"label": "residual", "unit": "dimensionless"}}}}
+    (copy / "algorithms.json").write_text(json.dumps(declared))
+    labels = diagnostic_labels(load_results([copy]))
+    assert list(labels) == ["contraction", "pinv_residual"] and labels["contraction"] == {"label": "ρ", "unit": "ratio"}
+    from harness.report_figures import diagnostic_columns
+
+    assert diagnostic_columns(load_results([copy]).epochs, labels)[:2] == ["contraction", "pinv_residual"]
+    (copy / "algorithms.json").write_text("[1, 2]")
+    with pytest.raises(ResultsError) as exc:
+        load_results([copy])
+    assert "algorithms.json" in one_line_error(exc)
+
+
+@pytest.mark.parametrize("entry", [{"type": "loguniform", "low": 1e-4, "high": 1e-2},
+                                   {"kind": "loguniform", "lower": 1e-4, "upper": 1e-2},
+                                   {"kind": "choice", "categories": [1, 2]}, {"grid_search": [1, 2]}, [1, 2]])
+def test_search_spaces_in_spellings_the_harness_never_writes_are_refused(dirs, tmp_path, entry):
+    copy = copy_dir(dirs["only_bp"], tmp_path / "spelled")
+    spec = yaml.safe_load((copy / "spec.yaml").read_text())
+    spec["search_spaces"]["bp"]["lr"] = entry
+    (copy / "spec.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ResultsError) as exc:
+        build_report([copy], tmp_path / "out", figures=False)
+    assert "search_spaces.bp.lr" in one_line_error(exc) and "kind: loguniform" in one_line_error(exc)
