@@ -301,7 +301,7 @@ class ReciprocalFeedback(Algorithm):
                  "Hildebrandt & Graves 1927, Trans. AMS 29:127")
     capabilities = Capabilities(layers=frozenset({"linear"}), activations=frozenset({"tanh", "leaky-relu", "linear"}),
                                 needs_invertible=True)
-    diagnostics_spec = {  # what the report shows for diagnostics() (harness.algorithm.Algorithm.diagnostics_spec)
+    report_labels = {  # what the report shows for diagnostics() (harness.algorithm.Algorithm.report_labels)
         "pinv_residual": {"label": "pseudoinverse residual ‖Q(WWᵀ+λI) − Wᵀ‖/‖Wᵀ‖", "unit": "dimensionless"},
         "contraction": {"label": "contraction ρ = ‖δa_L − J δh_1‖/‖δa_L‖", "unit": "dimensionless"},
         "angle_bp": {"label": "angle of the update to the bp gradient (all layers)", "unit": "degrees"},

@@ -113,7 +113,7 @@ class Algorithm:
     # what the report needs to show diagnostics(): name → {"label": ..., "unit": ...}; a name ending in
     # "_l*" covers the per-layer columns name_l1, name_l2, ... Recorded in every trial summary, so the
     # report reads it from the results and never imports algorithm code. Undeclared ones show their name.
-    diagnostics_spec: ClassVar[dict[str, dict[str, str]]] = {}
+    report_labels: ClassVar[dict[str, dict[str, str]]] = {}
 
     def __init__(self, net: Network, params: HParams | dict | None = None, *,
                  generator: torch.Generator | None = None, meter=None):

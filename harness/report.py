@@ -33,7 +33,7 @@ FIGURE_CAPTIONS = {
     "acc_vs_flops": "Test accuracy vs cumulative training FLOPs (final phase)",
     "cost_by_phase": "FLOPs per update by phase (forward / credit / feedback)",
     "alignment": "Angle between each layer's update and the bp gradient vs epoch",
-    "diagnostics": "Algorithm diagnostics vs epoch (e.g. pseudoinverse residual, contraction)",
+    "diagnostics": "Algorithm diagnostics vs epoch (labels and units as each algorithm declares them)",
     "sensitivity": "Search-phase sensitivity: best validation accuracy vs each searched hyperparameter",
 }
 
@@ -99,7 +99,6 @@ def build_report(dirs: list[Path | str], out: Path | str | None = None, opts: Re
     colours = figs.palette(algo_order(results.trials["algo"], baseline))
     labels = diagnostic_labels(results)
 
-    draw = opts.figures
     tables, figures, skipped = [], [], {}
 
     def write_table(name, frame, tex=None):
@@ -117,44 +116,54 @@ def build_report(dirs: list[Path | str], out: Path | str | None = None, opts: Re
 
     sections = {}
     for dataset, network in results.groups():
-        key = figs.slug(dataset, network)
-        trials = results.trials[(results.trials["dataset"] == dataset) & (results.trials["network"] == network)]
-        epochs = results.epochs
-        if not epochs.empty:
-            epochs = epochs[(epochs["dataset"] == dataset) & (epochs["network"] == network)]
-        s = summary[(summary["dataset"] == dataset) & (summary["network"] == network)] if not summary.empty else summary
-        if not s.empty:
-            write_table(f"summary_{key}", s, summary_latex(s, dataset, network))
-        spaces = {a: search_space(results, a, sorted(trials.loc[trials["algo"] == a, "source"].unique()))[0]
-                  for a in trials["algo"].unique()}
-        made = {}
-        jobs = {
-            "val_acc": lambda p: figs.validation_curve(epochs, colours, baseline, dataset, network, p),
-            "acc_vs_flops": lambda p: figs.accuracy_vs_flops(epochs, colours, baseline, dataset, network, p),
-            "cost_by_phase": lambda p: figs.cost_by_phase(s, colours, dataset, network, p),
-            "alignment": lambda p: figs.alignment(epochs, colours, baseline, dataset, network, p),
-            "diagnostics": lambda p: figs.diagnostics(epochs, colours, baseline, dataset, network, p, labels),
-            "sensitivity": lambda p: figs.sensitivity(trials, spaces, colours, baseline, dataset, network, p),
-        }
-        for name, job in jobs.items():
-            if not draw:
-                path, why = None, "figures disabled (--no-figures)"
-            elif epochs.empty and name not in ("cost_by_phase", "sensitivity"):
-                path, why = None, "no epochs.csv"
-            else:
-                path, why = job(out / "figures" / f"{name}_{key}.png")
-            if path is not None:
-                figures.append(path)
-                made[name] = path
-            else:
-                skipped[(dataset, network, name)] = why
-        sections[(dataset, network)] = (trials, s, made)
+        sections[(dataset, network)] = _group(results, summary, dataset, network, out, opts, write_table,
+                                              colours, labels, figures, skipped)
 
     text = render_markdown(ReportInputs(results, out, summary, hparams, protocol, failures, sections, skipped,
                                         searched, opts))
     store.write_text(out / "report.md", text)
     return {"report": out / "report.md", "figures": figures, "tables": tables, "summary": summary,
             "skipped": skipped, "problems": list(results.problems)}
+
+
+def _group(results: Results, summary, dataset: str, network: str, out: Path, opts: ReportOptions, write_table,
+           colours: dict, labels: dict, figures: list, skipped: dict):
+    """One dataset × network: its summary table and figures; return (trials, summary rows, figures made)."""
+    from harness import report_figures as figs
+
+    baseline = opts.baseline
+    key = figs.slug(dataset, network)
+    trials = results.trials[(results.trials["dataset"] == dataset) & (results.trials["network"] == network)]
+    epochs = results.epochs
+    if not epochs.empty:
+        epochs = epochs[(epochs["dataset"] == dataset) & (epochs["network"] == network)]
+    s = summary[(summary["dataset"] == dataset) & (summary["network"] == network)] if not summary.empty else summary
+    if not s.empty:
+        write_table(f"summary_{key}", s, summary_latex(s, dataset, network))
+    spaces = {a: search_space(results, a, sorted(trials.loc[trials["algo"] == a, "source"].unique()))[0]
+              for a in trials["algo"].unique()}
+    made = {}
+    jobs = {
+        "val_acc": lambda p: figs.validation_curve(epochs, colours, baseline, dataset, network, p),
+        "acc_vs_flops": lambda p: figs.accuracy_vs_flops(epochs, colours, baseline, dataset, network, p),
+        "cost_by_phase": lambda p: figs.cost_by_phase(s, colours, dataset, network, p),
+        "alignment": lambda p: figs.alignment(epochs, colours, baseline, dataset, network, p),
+        "diagnostics": lambda p: figs.diagnostics(epochs, colours, baseline, dataset, network, p, labels),
+        "sensitivity": lambda p: figs.sensitivity(trials, spaces, colours, baseline, dataset, network, p),
+    }
+    for name, job in jobs.items():
+        if not opts.figures:
+            path, why = None, "figures disabled (--no-figures)"
+        elif epochs.empty and name not in ("cost_by_phase", "sensitivity"):
+            path, why = None, "no epochs.csv"
+        else:
+            path, why = job(out / "figures" / f"{name}_{key}.png")
+        if path is not None:
+            figures.append(path)
+            made[name] = path
+        else:
+            skipped[(dataset, network, name)] = why
+    return trials, s, made
 
 
 def check_baseline(baseline: str, results: Results) -> None:
@@ -190,13 +199,24 @@ def _rel(path: Path, out: Path) -> str:
 
 
 def render_markdown(inputs: ReportInputs) -> str:
-    from harness.provenance import git_commit
+    """``report.md``: header, then one function per section (:data:`SECTIONS`)."""
+    lines = _header(inputs)
+    for section in (_summary_section, _hyperparameters_section, _figures_section, _failures_section,
+                    _provenance_section):
+        lines += section(inputs)
+    return "\n".join(lines).rstrip() + "\n"
 
-    results, out, summary, hparams = inputs.results, inputs.out, inputs.summary, inputs.hparams
-    protocol, failures, sections, skipped = inputs.protocol, inputs.failures, inputs.sections, inputs.skipped
-    baseline, command = inputs.opts.baseline, inputs.opts.command
+
+def _target_text(inputs: ReportInputs) -> str:
     mode, value = parse_target(inputs.opts.target)
+    return (f"{pct(value, 0)}% of {inputs.opts.baseline}'s mean test accuracy" if mode == "relative"
+            else f"{pct(value)}% accuracy")
+
+
+def _header(inputs: ReportInputs) -> list[str]:
+    results, baseline = inputs.results, inputs.opts.baseline
     metric_word = "validation" if inputs.opts.target_metric == "val_acc" else "test"
+    target_text = _target_text(inputs)
     lines = ["# creditbench comparison report", ""]
     lines += [f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from "
               f"{len(results.sources)} results director{'y' if len(results.sources) == 1 else 'ies'}: "
@@ -211,8 +231,6 @@ def render_markdown(inputs: ReportInputs) -> str:
         lines += [f"> **Warning: these results were produced with different package versions** ({'; '.join(versions)}): "
                   "differences between them may come from the software, not the algorithms.", ""]
     lines += ["Contents: " + " · ".join(f"[{s}](#{s.lower()})" for s in SECTIONS), ""]
-    target_text = (f"{pct(value, 0)}% of {baseline}'s mean test accuracy" if mode == "relative"
-                   else f"{pct(value)}% accuracy")
     lines += [
         "**How to read this.** Final-phase trials only (the best search configuration trained over several seeds). "
         "Test accuracy is taken at each trial's best-validation epoch (the test set never selects anything); "
@@ -225,8 +243,13 @@ def render_markdown(inputs: ReportInputs) -> str:
         f"so rare sleep phases are amortised), as ratios to {baseline}. Δ vs {baseline}: difference of mean test accuracies in "
         f"percentage points, Welch {int(CONFIDENCE * 100)}% CI, significant when p < {1 - CONFIDENCE:.2f}. "
         "Wall time depends on the machine and its load; FLOPs do not.", ""]
+    return lines
 
-    # ------------------------------------------------------------------ summary
+
+def _summary_section(inputs: ReportInputs) -> list[str]:
+    results, sections, baseline = inputs.results, inputs.sections, inputs.opts.baseline
+    target_text = _target_text(inputs)
+    lines: list[str] = []
     lines += ["## Summary", ""]
     for (dataset, network), (trials, s, made) in sections.items():
         lines += [f"### {dataset} / {network}", ""]
@@ -255,8 +278,12 @@ def render_markdown(inputs: ReportInputs) -> str:
         lines += [f"- {n}" for n in notes] + [""]
         lines += [f"LaTeX: [`tables/summary_{_slug(dataset, network)}.tex`](tables/summary_{_slug(dataset, network)}.tex)"
                   " · all numbers: [`tables/summary.csv`](tables/summary.csv)", ""]
+    return lines
 
-    # ------------------------------------------------------------------ hyperparameters
+
+def _hyperparameters_section(inputs: ReportInputs) -> list[str]:
+    hparams, protocol = inputs.hparams, inputs.protocol
+    lines: list[str] = []
     lines += ["## Hyperparameters", ""]
     lines += ["Selected configuration of each algorithm and the space it was searched in "
               "(`space_from`: the sweep's spec.yaml when it lists one, else the plugin's declared defaults).", ""]
@@ -266,8 +293,12 @@ def render_markdown(inputs: ReportInputs) -> str:
         lines += ["_No searched hyperparameters._", ""]
     lines += ["Shared protocol (training settings that are not searched, identical for every algorithm):", ""]
     lines.append(markdown_table(protocol))
+    return lines
 
-    # ------------------------------------------------------------------ figures
+
+def _figures_section(inputs: ReportInputs) -> list[str]:
+    out, sections, skipped = inputs.out, inputs.sections, inputs.skipped
+    lines: list[str] = []
     lines += ["## Figures", ""]
     for (dataset, network), (trials, s, made) in sections.items():
         lines += [f"### {dataset} / {network}", ""]
@@ -276,8 +307,12 @@ def render_markdown(inputs: ReportInputs) -> str:
                 lines += [f"**{FIGURE_CAPTIONS[name]}**", "", f"![{FIGURE_CAPTIONS[name]}]({_rel(made[name], out)})", ""]
             else:
                 lines += [f"- _{FIGURE_CAPTIONS[name]}: not drawn — {skipped.get((dataset, network, name))}._", ""]
+    return lines
 
-    # ------------------------------------------------------------------ failures
+
+def _failures_section(inputs: ReportInputs) -> list[str]:
+    results, failures = inputs.results, inputs.failures
+    lines: list[str] = []
     lines += ["## Failures", ""]
     if failures.empty:
         lines += ["No trial diverged or failed.", ""]
@@ -289,8 +324,15 @@ def render_markdown(inputs: ReportInputs) -> str:
     stopped = results.trials[results.trials["status"] == "stopped"]
     if not stopped.empty:
         lines += [f"{len(stopped)} trial(s) were stopped early by the scheduler (status `stopped`).", ""]
+    return lines
 
-    # ------------------------------------------------------------------ provenance
+
+def _provenance_section(inputs: ReportInputs) -> list[str]:
+    from harness.provenance import git_commit
+
+    results, baseline, command = inputs.results, inputs.opts.baseline, inputs.opts.command
+    versions = version_differences(results)
+    lines: list[str] = []
     lines += ["## Provenance", ""]
     git = git_commit()
     lines += [f"- Report written by creditbench at commit `{git.get('commit') or 'unknown'}`"
@@ -322,7 +364,7 @@ def render_markdown(inputs: ReportInputs) -> str:
                 lang = "yaml" if name.endswith("yaml") else "json"
                 lines += ["<details>", f"<summary>{name}</summary>", "", f"```{lang}", text.rstrip(), "```", "",
                           "</details>", ""]
-    return "\n".join(lines).rstrip() + "\n"
+    return lines
 
 
 def _slug(dataset, network):

@@ -278,8 +278,9 @@ def _read_declarations(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ResultsError(f"{path}: not valid JSON ({type(exc).__name__})") from None
     if not (isinstance(data, dict) and all(isinstance(v, dict) and isinstance(v.get("diagnostics", {}), dict)
-                                           for v in data.values())):
-        raise ResultsError(f"{path}: not the sweep's algorithms.json (algorithm → {{diagnostics: {{...}}}})")
+                                           and isinstance(v.get("search_space", {}), dict) for v in data.values())):
+        raise ResultsError(f"{path}: not the sweep's algorithms.json "
+                           "(algorithm → {diagnostics: {...}, search_space: {...}})")
     return data
 
 
@@ -331,12 +332,17 @@ def spec_search_space(spec, algo: str, where: str = "spec.yaml") -> dict | None:
 
 
 def search_space(results: Results, algo: str, sources: list[str]) -> tuple[dict, str]:
-    """(space, where it came from) for ``algo``: the spec's when it has one, else the declared defaults."""
+    """(space, where it came from) for ``algo``: the spec's when it has one, else the space the algorithm
+    declared (recorded in ``algorithms.json``; for results without either, the installed plugin's)."""
     for src in results.sources:
         if src.label in sources:
             space = spec_search_space(src.spec, algo, str(src.path / SPEC_YAML))
             if space:
                 return space, f"spec.yaml ({src.label})"
+    for src in results.sources:
+        declared = (src.algorithms.get(algo) or {}).get("search_space") if src.label in sources else None
+        if isinstance(declared, dict):
+            return {**TrainConfig.search_space(), **declared}, f"declared defaults ({ALGORITHMS_JSON})"
     from harness.registry import get_algorithm
 
     try:

@@ -223,7 +223,7 @@ def diagnostics(epochs, colours, baseline, dataset, network, out: Path, labels: 
     e = _final(epochs)
     cols = diagnostic_columns(e, labels) if not e.empty else []
     if not cols:
-        return None, "no algorithm diagnostics recorded (e.g. pinv_residual, contraction)"
+        return None, "no algorithm diagnostics recorded"
     _style()
     ncol = min(len(cols), 2)
     nrow = math.ceil(len(cols) / ncol)

@@ -281,7 +281,7 @@ def collect(grid, planned: list[dict], *, interrupted: bool = False, scheduler: 
     A trial that Tune ended while its Trainer was still running was stopped by the scheduler
     (``scheduler``: the stage has one, e.g. ASHA) unless the stage was ``interrupted``; otherwise it
     was interrupted: it is not finished, gets no row, and continues on resume. ``declared`` (if given)
-    receives each algorithm's ``diagnostics_spec`` from its trials' summaries (``algorithms.json``)."""
+    receives each algorithm's ``report_labels`` from its trials' summaries (``algorithms.json``)."""
     by_id = {}
     for result in grid if grid is not None else ():
         tid = _result_trial_id(result)
@@ -294,14 +294,22 @@ def collect(grid, planned: list[dict], *, interrupted: bool = False, scheduler: 
         if summary is None:
             unfinished.add(t["trial_id"])
             continue
-        if declared is not None and "diagnostics_spec" in summary:
-            declared.setdefault(t["algo"], {"diagnostics": summary["diagnostics_spec"]})
+        if declared is not None and "report_labels" in summary:
+            declared.setdefault(t["algo"], _declaration(summary))
         row = trial_row(summary, trial_id=t["trial_id"], phase=t["phase"], config_id=t["config_id"])
         row["error"] = error
         rows.append(row)
         epochs += epoch_rows(history, trial_id=t["trial_id"], phase=t["phase"], config_id=t["config_id"],
                              algo=t["algo"], seed=t["seed"])
     return rows, epochs, unfinished
+
+
+def _declaration(summary: dict) -> dict:
+    """What an algorithm declares for the report, from one trial's summary (``algorithms.json``): its
+    diagnostics' labels and units, and its declared search space (for results without a spec)."""
+    rows = (summary.get("algorithm") or {}).get("hyperparameters") or []
+    return {"diagnostics": summary["report_labels"],
+            "search_space": {r["name"]: r["search"] for r in rows if isinstance(r, dict) and r.get("search")}}
 
 
 def _collect_trial(t: dict, result, *, interrupted: bool, scheduler: bool, log) -> tuple[dict | None, list, str]:
@@ -566,7 +574,7 @@ class _Run:
 
 
 def write_declarations(out_dir: Path, declared: dict) -> None:
-    """``algorithms.json``: what each algorithm declares for the report (its ``diagnostics_spec``), as its
+    """``algorithms.json``: what each algorithm declares for the report (:func:`_declaration`), as its
     trials' summaries recorded it; merged with the file a previous run of the sweep wrote."""
     path = out_dir / ALGORITHMS_JSON
     try:

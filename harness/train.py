@@ -285,7 +285,7 @@ class Trainer:
         out["angles"] = {k: v for k, v in last.items() if k.startswith(ANGLE_PREFIX)}
         out["config"] = self.resolved
         out["algorithm"] = self.algo_cls.spec()
-        out["diagnostics_spec"] = dict(self.algo_cls.diagnostics_spec)
+        out["report_labels"] = dict(self.algo_cls.report_labels)
         out["plausibility"] = self.algo.plausibility().to_dict()
         out["dataset_fingerprint"] = self.data.fingerprint
         out["dataset_info"] = self.data.info

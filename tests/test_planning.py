@@ -120,7 +120,7 @@ def test_a_summary_is_rebuilt_from_the_checkpoint_without_data(digits, tmp_path,
     monkeypatch.setattr(harness.train, "build_network", refuse)
     rebuilt = summary_from_checkpoint(tmp_path / "checkpoint.pt", status="stopped", stop_reason="tune scheduler")
     assert {k: v for k, v in rebuilt.items() if k != "env"} == {k: v for k, v in summary.items() if k != "env"}
-    assert rebuilt["diagnostics_spec"]["pinv_residual"]["unit"] == "dimensionless"
+    assert rebuilt["report_labels"]["pinv_residual"]["unit"] == "dimensionless"
     assert len(trial_history(tmp_path / "checkpoint.pt")) == summary["epochs"]
 
 

@@ -340,3 +340,17 @@ def test_search_spaces_in_spellings_the_harness_never_writes_are_refused(dirs, t
     with pytest.raises(ResultsError) as exc:
         build_report([copy], tmp_path / "out", figures=False)
     assert "search_spaces.bp.lr" in one_line_error(exc) and "kind: loguniform" in one_line_error(exc)
+
+
+def test_declared_search_spaces_come_from_algorithms_json_without_a_spec(dirs, tmp_path):
+    from harness.report_data import search_space
+
+    copy = copy_dir(dirs["only_fa"], tmp_path / "nospec")
+    (copy / "spec.yaml").unlink()
+    (copy / "algorithms.json").write_text(json.dumps({"fa": {"diagnostics": {},
+                                                            "search_space": {"feedback_scale": {"kind": "choice",
+                                                                                                "values": [1, 2]}}}}))
+    results = load_results([copy])
+    space, origin = search_space(results, "fa", [results.sources[0].label])
+    assert origin == "declared defaults (algorithms.json)"
+    assert space["feedback_scale"] == {"kind": "choice", "values": [1, 2]} and "lr" in space
