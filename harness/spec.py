@@ -68,7 +68,7 @@ class Dist(_Strict):
     def sample(self, rng):
         """One draw with ``rng`` (a ``numpy.random.Generator``), exactly as Ray Tune's sampler of this
         distribution draws it (``tune.loguniform``, ``tune.uniform``, ``tune.randint`` with ``high``
-        included, ``tune.choice``; tests/test_sweep.py compares them), without importing Ray."""
+        included, ``tune.choice``; tests/test_planning.py compares them), without importing Ray."""
         import numpy as np
 
         if self.kind == "choice":
@@ -78,16 +78,6 @@ class Dist(_Strict):
         if self.kind == "loguniform":
             return float(np.exp(rng.uniform(np.log(self.low), np.log(self.high), size=1))[0])
         return float(rng.uniform(self.low, self.high, size=1)[0])
-
-    def domain(self):
-        """The Ray Tune sampler of this distribution (not used for planning; kept to test :meth:`sample`)."""
-        from ray import tune
-
-        if self.kind == "choice":
-            return tune.choice(list(self.values))
-        if self.kind == "randint":
-            return tune.randint(int(self.low), int(self.high) + 1)
-        return getattr(tune, self.kind)(self.low, self.high)
 
 
 class Budgets(_Strict):

@@ -70,11 +70,11 @@ class Trainer:
     def __init__(self, cfg: TrialConfig | dict, data: Data | None = None):
         cfg = cfg if isinstance(cfg, TrialConfig) else TrialConfig.build(cfg, owner="trial")
         self.algo_cls: type[Algorithm] = get_algorithm(cfg.algo)
-        self.spec = DATASETS.get(cfg.dataset)
+        self.dataset_entry = DATASETS.get(cfg.dataset)  # the registered dataset (its default network)
         self.tc = TrainConfig.build(cfg.train, owner="training", refuse_inactive=True)
         params = self.algo_cls.Params.build(cfg.params, owner=cfg.algo, refuse_inactive=True)
         self.device = resolve_device(cfg.device)
-        network = cfg.network or self.spec.default_network
+        network = cfg.network or self.dataset_entry.default_network
         self.cfg = cfg.model_copy(update={"network": network})
         self.resolved = {
             **self.cfg.model_dump(exclude={"train", "params"}),

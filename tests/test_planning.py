@@ -60,7 +60,10 @@ def test_dist_sample_draws_exactly_as_ray_tune():
 
     space = {"lr": Dist(kind="loguniform", low=1e-4, high=1e-2), "eta": Dist(kind="uniform", low=0.1, high=1.5),
              "k": Dist(kind="randint", low=1, high=20), "n": Dist(kind="choice", values=[16, 32, "x", 0.9])}
-    domains = {k: d.domain() for k, d in space.items()}
+    from ray import tune
+
+    domains = {"lr": tune.loguniform(1e-4, 1e-2), "eta": tune.uniform(0.1, 1.5), "k": tune.randint(1, 21),
+               "n": tune.choice([16, 32, "x", 0.9])}
     for seed in range(3):
         ours, theirs = np.random.default_rng([seed, 7]), np.random.default_rng([seed, 7])
         a = [{k: _plain(d.sample(ours)) for k, d in space.items()} for _ in range(50)]
