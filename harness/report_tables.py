@@ -24,7 +24,7 @@ from scipy import stats
 
 from harness.errors import ConfigError
 from harness.report_data import GROUP, Results, search_space
-from harness.schema import COST_PHASES, DEFAULT_BASELINE, FAILED_STATUSES, HP_PREFIX, SWEEP_STAGES, TRIAL_STATUSES
+from harness.schema import COST_PHASES, DEFAULT_BASELINE, FAILED_STATUSES, SWEEP_STAGES, TRIAL_STATUSES
 
 CONFIDENCE = 0.95
 
