@@ -31,8 +31,6 @@ from harness.schema import (ALGORITHMS_JSON, CHECKPOINT, ENV_JSON, EPOCHS_CSV, H
                             STOP_REASONS, SUMMARY_JSON, TRAIN_LOG, TRIALS_CSV, epoch_rows, trial_row)
 from harness.spec import SweepSpec
 
-__all__ = ["SweepOptions", "new_sweep", "resume_sweep", "execute", "train_trial", "collect", "write_tables"]
-
 REPO = Path(__file__).resolve().parent.parent
 SUMMARY_EVERY_S = 30.0
 

@@ -35,6 +35,7 @@ from harness.schema import (ANGLE_PREFIX, CHECKPOINT, CONFIG_JSON, COST_PHASES, 
 CHECKPOINT_KEYS = ("config", "epoch", "updates", "history", "best", "bad_epochs", "status", "stop_reason",
                    "train_seconds", "pretrain_flops", "net", "optimizer", "algo", "algo_gen", "data_gen", "meter",
                    "torch_rng", "summary")
+REQUIRED_CHECKPOINT_KEYS = tuple(k for k in CHECKPOINT_KEYS if k != "summary")  # derived; older checkpoints lack it
 
 
 DEVICES = "auto, cpu, cuda, cuda:N"
@@ -297,17 +298,20 @@ class Trainer:
         return pd.DataFrame(self.history)
 
     def save(self, out_dir: Path, summary: dict | None = None) -> dict | None:
-        """Write the trial's files: ``epochs.csv``, the checkpoint and, once the trial has ended,
-        ``summary.json`` (before anyone is told of the epoch); return that summary (None while running)."""
+        """Write the trial's files: ``epochs.csv``, the checkpoint (with the summary as of now, so that it
+        can be rebuilt without data) and, once the trial has ended, ``summary.json`` (before anyone is
+        told of the epoch); return that summary (None while running)."""
+        summary = summary if summary is not None else self.summary(env=False)
         store.write_csv(out_dir / EPOCHS_CSV, self.epochs_frame())
-        store.save_torch(out_dir / CHECKPOINT, self.checkpoint())
+        store.save_torch(out_dir / CHECKPOINT, self.checkpoint({k: v for k, v in summary.items() if k != "env"}))
         if self.status == RUNNING:
             return None
-        summary = summary if summary is not None else self.summary()
+        if "env" not in summary:
+            summary = {**summary, "env": environment(self.device)}
         store.write_json(out_dir / SUMMARY_JSON, summary)
         return summary
 
-    def checkpoint(self) -> dict:
+    def checkpoint(self, summary: dict | None = None) -> dict:
         return {
             "config": self.resolved, "epoch": self.epoch, "updates": self.updates, "history": self.history,
             "best": self.best, "bad_epochs": self.bad_epochs, "status": self.status, "stop_reason": self.stop_reason,
@@ -316,13 +320,14 @@ class Trainer:
             "algo": self.algo.extra_state(), "algo_gen": self.algo.gen.get_state(),
             "data_gen": self.data_gen.get_state(), "meter": self.meter.state_dict(),
             "torch_rng": torch.get_rng_state(),
-            "summary": self.summary(env=False),  # so that a summary can be rebuilt without data or network
+            # so that a summary can be rebuilt without data or network (summary_from_checkpoint)
+            "summary": summary if summary is not None else self.summary(env=False),
         }
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore from ``path``, read as data only (``store.load_torch``); anything else is refused."""
         ck = store.load_torch(path, map_location=self.device)
-        missing = sorted(set(CHECKPOINT_KEYS) - set(ck)) if isinstance(ck, dict) else [f"all ({type(ck).__name__})"]
+        missing = sorted(set(REQUIRED_CHECKPOINT_KEYS) - set(ck)) if isinstance(ck, dict) else [f"all ({type(ck).__name__})"]
         if missing:
             raise CreditbenchError(f"{path}: not a creditbench checkpoint (missing: {', '.join(missing)}); "
                                    "use another --out directory")
