@@ -365,7 +365,8 @@ def cmd_sweep(args) -> int:
     argv = sys.argv[:]
     if args.resume:
         check_resume_options(args)
-        out_dir, code = resume_sweep(Path(args.resume), address=args.address, num_cpus=args.num_cpus, argv=argv)
+        out_dir, code = resume_sweep(Path(args.resume), address=args.address, num_cpus=args.num_cpus, argv=argv,
+                                     on_finished=_print_stage_table)
     else:
         opts = SweepOptions(
             spec=args.spec or None, algo=args.algo or None, dataset=args.dataset or None,
@@ -373,9 +374,7 @@ def cmd_sweep(args) -> int:
             address=args.address or None, search_only=args.search_only, final_only=args.final_only,
             sets=parse_assignments(args.set), results_root=Path(args.results), data_dir=args.data_dir,
             num_cpus=args.num_cpus, max_concurrent=args.max_concurrent, name=args.name)
-        out_dir, code = new_sweep(opts, argv=argv)
-    if code == 0 and (out_dir / "trials.csv").is_file():
-        _print_stage_table(out_dir)
+        out_dir, code = new_sweep(opts, argv=argv, on_finished=_print_stage_table)
     print(out_dir)
     return code
 
@@ -387,7 +386,9 @@ def _print_stage_table(out_dir: Path) -> None:
     from harness.report_tables import stage_table_text
     from harness.schema import TRIALS_CSV
 
-    print(stage_table_text(pd.read_csv(out_dir / TRIALS_CSV)), file=sys.stderr, flush=True)
+    text = stage_table_text(pd.read_csv(out_dir / TRIALS_CSV))
+    if text:
+        print(text, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------- report

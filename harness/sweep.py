@@ -470,8 +470,9 @@ def _env(spec: SweepSpec, rows: list[dict], started: float, argv: list[str] | No
 
 # =========================================================================== the sweep
 def execute(out_dir: Path, spec: SweepSpec, plan: dict, *, callbacks=(), argv=None, log=sys.stderr,
-            resumed_with: dict | None = None) -> int:
+            resumed_with: dict | None = None, on_finished: Callable[[Path], None] | None = None) -> int:
     """Run the stages that are not finished yet; write the tables after each. Return an exit code.
+    ``on_finished(out_dir)`` is called once every stage has finished (the CLI prints its table).
 
     The results directory is locked meanwhile: a second sweep (or resume) into it is refused."""
     started = time.time()
@@ -480,7 +481,10 @@ def execute(out_dir: Path, spec: SweepSpec, plan: dict, *, callbacks=(), argv=No
         store.remove_orphans(out_dir)  # temporary files of table writes an interrupted sweep left behind
         run = _Run(out_dir, spec, plan, callbacks=callbacks, argv=argv, log=log, resumed_with=resumed_with,
                    started=started, trials_root=trials_root)
-        return run.all_stages()
+        code = run.all_stages()
+        if code == 0 and on_finished is not None:
+            on_finished(out_dir)
+        return code
 
 
 class _Run:
@@ -602,7 +606,8 @@ def _saved_grid(experiment: str, out_dir: Path):
     return None
 
 
-def new_sweep(opts: SweepOptions, *, callbacks=(), argv=None, log=sys.stderr) -> tuple[Path, int]:
+def new_sweep(opts: SweepOptions, *, callbacks=(), argv=None, log=sys.stderr,
+              on_finished: Callable[[Path], None] | None = None) -> tuple[Path, int]:
     """Validate, create the results directory, run. Nothing is created if validation fails."""
     from harness.cli import utc_stamp
 
@@ -619,7 +624,7 @@ def new_sweep(opts: SweepOptions, *, callbacks=(), argv=None, log=sys.stderr) ->
             out_dir = out_dir.parent / f"{spec.name}-{utc_stamp()}-{n}"
             n += 1
     write_plan(out_dir, spec, plan)
-    return out_dir, execute(out_dir, spec, plan, callbacks=callbacks, argv=argv, log=log)
+    return out_dir, execute(out_dir, spec, plan, callbacks=callbacks, argv=argv, log=log, on_finished=on_finished)
 
 
 
@@ -635,7 +640,7 @@ def finished_trials(out_dir: Path, spec: SweepSpec, plan: dict) -> int | None:
 
 
 def resume_sweep(out_dir: Path, *, address: str | None = None, num_cpus: int | None = None, callbacks=(), argv=None,
-                 log=sys.stderr) -> tuple[Path, int]:
+                 log=sys.stderr, on_finished: Callable[[Path], None] | None = None) -> tuple[Path, int]:
     """Continue an interrupted sweep: finished trials are kept, unfinished ones continue."""
     out_dir = Path(out_dir).resolve()
     spec, plan = load_resumable(out_dir)
@@ -656,4 +661,5 @@ def resume_sweep(out_dir: Path, *, address: str | None = None, num_cpus: int | N
         resumed_with["num_cpus"] = num_cpus
     print(f"resuming {out_dir}: Ray Tune restores its own state under {RAW_DIR}/ by unpickling it "
           "(resume only directories you created)", file=log, flush=True)
-    return out_dir, execute(out_dir, spec, plan, callbacks=callbacks, argv=argv, log=log, resumed_with=resumed_with)
+    return out_dir, execute(out_dir, spec, plan, callbacks=callbacks, argv=argv, log=log, resumed_with=resumed_with,
+                            on_finished=on_finished)

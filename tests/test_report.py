@@ -354,3 +354,17 @@ def test_declared_search_spaces_come_from_algorithms_json_without_a_spec(dirs, t
     space, origin = search_space(results, "fa", [results.sources[0].label])
     assert origin == "declared defaults (algorithms.json)"
     assert space["feedback_scale"] == {"kind": "choice", "values": [1, 2]} and "lr" in space
+
+
+def test_the_table_a_finished_sweep_prints():
+    from harness.report_tables import stage_table_text
+
+    trials = pd.DataFrame([{"phase": "search", "algo": "bp", "status": "ok", "test_acc": 0.5, "epochs": 3}]
+                          + [{"phase": "final", "algo": a, "status": st, "test_acc": acc, "epochs": 4}
+                             for a, st, acc in (("fa", "ok", 0.9), ("fa", "diverged", 0.8), ("bp", "ok", 0.95))])
+    text = stage_table_text(trials)
+    assert text.startswith("\nfinal phase: test accuracy at the best validation epoch\n")
+    lines = text.splitlines()
+    assert lines[3].split() == ["bp", "1", "1", "0.9500", "±", "-", "4.0"]
+    assert lines[4].split() == ["fa", "2", "1", "0.8500", "±", "0.0707", "4.0"]
+    assert stage_table_text(trials.iloc[0:0]) == ""
