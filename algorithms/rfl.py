@@ -325,6 +325,18 @@ class ReciprocalFeedback(Algorithm):
                  "Hildebrandt & Graves 1927, Trans. AMS 29:127")
     capabilities = Capabilities(layers=frozenset({"linear"}), activations=frozenset({"tanh", "leaky-relu", "linear"}),
                                 needs_invertible=True)
+    report_labels = {  # what the report shows for diagnostics() (harness.algorithm.Algorithm.report_labels)
+        "pinv_residual": {"label": "pseudoinverse residual ‖Q(WWᵀ+λI) − Wᵀ‖/‖Wᵀ‖", "unit": "dimensionless"},
+        "contraction": {"label": "contraction ρ = ‖δa_L − J δh_1‖/‖δa_L‖", "unit": "dimensionless"},
+        "angle_bp": {"label": "angle of the update to the bp gradient (all layers)", "unit": "degrees"},
+        "angle_gn": {"label": "angle of the update to the Gauss–Newton direction (all layers)", "unit": "degrees"},
+        "angle_gn_l*": {"label": "angle of layer l's update to the Gauss–Newton direction", "unit": "degrees"},
+        "angle_q_pinv_l*": {"label": "angle of Q_l to the pseudoinverse W_l⁺", "unit": "degrees"},
+        "angle_q_wt_l*": {"label": "angle of Q_l to W_lᵀ", "unit": "degrees"},
+        "feedback_age": {"label": "age of the feedback Q (updates since the last feedback phase)", "unit": "updates"},
+        "feedback_iters_per_update": {"label": "feedback iterations per update", "unit": "iterations"},
+        "pinv_residual_l*": {"label": "pseudoinverse residual of layer l", "unit": "dimensionless"},
+    }
 
     class Params(HParams):
         feedback: Literal["recirculation", "newton_schulz", "exact"] = hp(

@@ -77,6 +77,8 @@ class TargetProp(Algorithm):
     reference = "Bengio 2014, arXiv:1407.7906; Lee et al. 2015, ECML-PKDD (LNCS 9284:498)"
     capabilities = Capabilities(layers=frozenset({"linear"}),
                                 activations=frozenset({"tanh", "leaky-relu", "linear"}), needs_invertible=True)
+    report_labels = {"inv_recon_l*": {"label": "reconstruction error of layer l's inverse ‖g_l(h_l) − h_{l-1}‖/‖h_{l-1}‖",
+                                      "unit": "dimensionless"}}
 
     difference = False  # dtp overrides: h_{l-1}* = h_{l-1} + g_l(h_l*) − g_l(h_l)
 

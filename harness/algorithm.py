@@ -111,6 +111,10 @@ class Algorithm:
     version: ClassVar[int] = 1
     Params: ClassVar[type[HParams]] = HParams
     capabilities: ClassVar[Capabilities] = Capabilities()
+    # what the report needs to show diagnostics(): name → {"label": ..., "unit": ...}; a name ending in
+    # "_l*" covers the per-layer columns name_l1, name_l2, ... Recorded in every trial summary, so the
+    # report reads it from the results and never imports algorithm code. Undeclared ones show their name.
+    report_labels: ClassVar[dict[str, dict[str, str]]] = {}
 
     def __init__(self, net: Network, params: HParams | dict | None = None, *,
                  generator: torch.Generator | None = None, meter=None):

@@ -1,8 +1,8 @@
-"""The ``creditbench`` command: list, train, sweep, report, new-algorithm.
+"""The ``creditbench`` command: list, train, sweep, report, new-algorithm. All argument parsing is here.
 
 ``list``, ``train`` and ``new-algorithm`` never import the sweep and report modules (Ray, pandas,
 SciPy, matplotlib): the parser registers ``sweep`` and ``report`` only when one of them, or the
-top-level ``--help``, is asked for.
+top-level ``--help``, is asked for, and imports their modules only when the command runs.
 """
 
 from __future__ import annotations
@@ -296,19 +296,153 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def _register_report(sub) -> None:
-    from harness.report import add_parser
-
-    add_parser(sub)
-
-
-def _sweep_command(sub) -> None:
-    from harness.sweep import add_sweep_parser
-
-    add_sweep_parser(sub)
+# ------------------------------------------------------------------------------------- sweep
+def _int_or_empty(value: str) -> int | None:
+    if value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{value}'") from None
 
 
-_EXTRA_COMMANDS = {"report": _register_report, "sweep": _sweep_command}  # imported only when used
+def add_sweep_parser(sub) -> None:
+    from harness.spec import ALL
+
+    s = sub.add_parser("sweep", help="run a Ray Tune sweep (search phase, then final phase over seeds)",
+                       description="Run a sweep spec (sweeps/*.yaml); the last line printed is the results directory.")
+    s.add_argument("--spec", default=None, help="spec file or name in sweeps/ (default: the spec matching "
+                                                "--dataset, else sweeps/default.yaml)")
+    s.add_argument("--algo", default=None, help=f"algorithm id, comma list, or '{ALL}' (default: the spec's list)")
+    s.add_argument("--dataset", default=None, type=registered_dataset, choices=dataset_names(),
+                   help="dataset (default: the spec's)")
+    s.add_argument("--network", default=None, help="preset or mlp-<depth>x<width>-<activation> (default: the spec's)")
+    s.add_argument("--seeds", type=_int_or_empty, default=None, help="number of final-phase seeds (default: the spec's)")
+    s.add_argument("--trials", type=_int_or_empty, default=None,
+                   help="search configurations per algorithm (default: the spec's)")
+    s.add_argument("--epochs", type=_int_or_empty, default=None,
+                   help="maximum epochs (final; caps search) (default: the spec's)")
+    s.add_argument("--address", default=None, help="existing Ray cluster (default: $RAY_ADDRESS or a local Ray)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="hyperparameter held fixed for every algorithm (e.g. with --final-only) (default: none)")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument("--search-only", action="store_true", help="only the search phase")
+    mode.add_argument("--final-only", action="store_true",
+                      help="only the final phase, with the spec's fixed values and --set (no search)")
+    s.add_argument("--resume", default=None, metavar="DIR", help="continue an interrupted sweep in DIR (default: a new sweep)")
+    s.add_argument("--results", default="results", help="parent folder of the results directory")
+    s.add_argument("--data-dir", default=None, help="dataset folder (default: $CREDITBENCH_DATA_DIR or ~/.cache/creditbench)")
+    s.add_argument("--num-cpus", type=_int_or_empty, default=None, help="CPUs of the local Ray instance (default: the spec's, else every CPU)")
+    s.add_argument("--max-concurrent", type=_int_or_empty, default=None, help="trials running at once (default: the spec's)")
+    s.add_argument("--name", default=None, help="results directory prefix (default: the spec's name)")
+    s.set_defaults(func=cmd_sweep)
+
+
+# what --resume cannot honour: the plan (algorithms, configurations, seeds, budgets) is fixed in DIR and
+# Ray Tune restores each stage's trials with the configuration they were planned with
+RESUME_FIXED = {"spec": "--spec", "algo": "--algo", "dataset": "--dataset", "network": "--network",
+                "seeds": "--seeds", "trials": "--trials", "epochs": "--epochs", "set": "--set",
+                "search_only": "--search-only", "final_only": "--final-only", "data_dir": "--data-dir",
+                "max_concurrent": "--max-concurrent", "name": "--name"}
+
+
+def check_resume_options(args) -> None:
+    """Refuse (one line) options that ``--resume`` would otherwise silently ignore."""
+    given = [flag for key, flag in RESUME_FIXED.items() if getattr(args, key, None) not in (None, False, [], "")]
+    if args.results != "results":
+        given.append("--results")
+    if given:
+        raise ConfigError(f"--resume {args.resume} continues the sweep exactly as planned in its plan.json and "
+                          f"spec.yaml; {', '.join(given)} cannot change it (start a new sweep instead); "
+                          "with --resume only --address and --num-cpus apply")
+
+
+def cmd_sweep(args) -> int:
+    from harness.hparams import parse_assignments
+    from harness.planning import SweepOptions
+    from harness.sweep import new_sweep, resume_sweep
+
+    argv = sys.argv[:]
+    if args.resume:
+        check_resume_options(args)
+        out_dir, code = resume_sweep(Path(args.resume), address=args.address, num_cpus=args.num_cpus, argv=argv,
+                                     on_finished=_print_stage_table)
+    else:
+        opts = SweepOptions(
+            spec=args.spec or None, algo=args.algo or None, dataset=args.dataset or None,
+            network=args.network or None, seeds=args.seeds, trials=args.trials, epochs=args.epochs,
+            address=args.address or None, search_only=args.search_only, final_only=args.final_only,
+            sets=parse_assignments(args.set), results_root=Path(args.results), data_dir=args.data_dir,
+            num_cpus=args.num_cpus, max_concurrent=args.max_concurrent, name=args.name)
+        out_dir, code = new_sweep(opts, argv=argv, on_finished=_print_stage_table)
+    print(out_dir)
+    return code
+
+
+def _print_stage_table(out_dir: Path) -> None:
+    """The short table a finished sweep ends with (stderr): test accuracy per algorithm."""
+    import pandas as pd
+
+    from harness.report_tables import stage_table_text
+    from harness.schema import TRIALS_CSV
+
+    text = stage_table_text(pd.read_csv(out_dir / TRIALS_CSV))
+    if text:
+        print(text, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------- report
+def add_report_parser(sub) -> None:
+    from harness.schema import DEFAULT_BASELINE
+
+    r = sub.add_parser("report", help="tables and figures from one or more sweep results directories")
+    r.add_argument("dirs", nargs="*", metavar="DIR",
+                   help="results directories (default: the newest under results/ with a trials.csv)")
+    r.add_argument("--out", default=None, help="where to write report.md, figures/, tables/ "
+                                               "(default: the results directory; required with several)")
+    r.add_argument("--target", default="95%",
+                   help="accuracy target for updates/FLOPs-to-target: a percentage of the baseline's mean test "
+                        "accuracy (e.g. 95%%, the default) or an absolute accuracy (e.g. 0.9)")
+    r.add_argument("--target-metric", default="val_acc", choices=("val_acc", "test_acc"),
+                   help="which epochs.csv curve must reach the target (default: val_acc)")
+    r.add_argument("--baseline", "--reference", dest="baseline", default=DEFAULT_BASELINE,
+                   help="algorithm the ratios and differences are taken against (--reference: the former name)")
+    r.add_argument("--no-figures", action="store_true", help="write the tables and report.md only (faster)")
+    r.add_argument("--allow-incomplete", action="store_true",
+                   help="report damaged or incomplete results (missing planned trials, truncated tables, "
+                        "non-numeric cells) with the damage listed at the top, instead of refusing them")
+    r.add_argument("--results-root", default="results",
+                   help="where to look for the newest results directory when no DIR is given (default: results)")
+    r.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    import shlex
+
+    from harness.report import ReportOptions, build_report
+    from harness.report_data import newest_results_dir
+    from harness.report_tables import markdown_table, summary_display
+
+    dirs = args.dirs or [newest_results_dir(Path(args.results_root))]
+    command = "creditbench report " + " ".join(shlex.quote(str(a)) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
+    opts = ReportOptions(baseline=args.baseline, target=args.target, target_metric=args.target_metric,
+                         command=command, figures=not args.no_figures, allow_incomplete=args.allow_incomplete)
+    out = build_report(dirs, args.out, opts)
+    for problem in out["problems"]:
+        print(f"warning: incomplete or damaged results: {problem}", file=sys.stderr)
+    summary = out["summary"]
+    for (dataset, network), s in (summary.groupby(["dataset", "network"]) if not summary.empty else []):
+        print(f"\n{dataset} / {network}")
+        print(markdown_table(summary_display(s)))
+    print("figures:")
+    for p in out["figures"]:
+        print(f"  {p}")
+    print(f"report: {out['report']}", file=sys.stderr)
+    return 0
+
+
+# registered only when used: their parsers list datasets and read sweep spec names
+_EXTRA_COMMANDS = {"report": add_report_parser, "sweep": add_sweep_parser}
 LIGHT_COMMANDS = ("list", "train", "new-algorithm")
 
 

@@ -18,12 +18,15 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from harness.errors import DataError
 from harness.registry import Registry
+
+if TYPE_CHECKING:  # annotations only: torch is imported where tensors are made
+    import torch
 
 DATASETS: Registry = Registry("dataset")
 

@@ -1,22 +1,25 @@
 """``creditbench report``: results directories → ``report.md``, ``figures/*.png``, ``tables/*.csv|tex``.
 
-One or more sweep results directories (the :mod:`harness.results` format) are loaded and checked
+One or more sweep results directories (the :mod:`harness.schema` format) are loaded and checked
 for a common protocol (:mod:`harness.report_data`), summarised (:mod:`harness.report_tables`) and
 plotted (:mod:`harness.report_figures`) per dataset × network. The report is written into the
-(single) results directory, or ``--out``.
+(single) results directory, or ``--out``. The report only reads results: it imports no algorithm
+code (what an algorithm declares for it, e.g. its diagnostics' labels, comes from ``algorithms.json``)
+and names no algorithm (the baseline is :attr:`ReportOptions.baseline`, default
+:data:`harness.schema.DEFAULT_BASELINE`). Its command line is :mod:`harness.cli`'s.
 """
 
 from __future__ import annotations
 
-import shlex
-import sys
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from harness import store
-from harness.report_data import (GROUP, Results, load_results, newest_results_dir, search_space, searched_names,
+from harness.schema import DEFAULT_BASELINE
+from harness.report_data import (GROUP, Results, diagnostic_labels, load_results, search_space, searched_names,
                                  version_differences)
 from harness.report_tables import (
     CONFIDENCE, algo_order, failure_table, hyperparameter_table, markdown_table, pct, protocol_table,
@@ -30,22 +33,53 @@ FIGURE_CAPTIONS = {
     "acc_vs_flops": "Test accuracy vs cumulative training FLOPs (final phase)",
     "cost_by_phase": "FLOPs per update by phase (forward / credit / feedback)",
     "alignment": "Angle between each layer's update and the bp gradient vs epoch",
-    "diagnostics": "Algorithm diagnostics vs epoch (e.g. pseudoinverse residual, contraction)",
+    "diagnostics": "Algorithm diagnostics vs epoch (labels and units as each algorithm declares them)",
     "sensitivity": "Search-phase sensitivity: best validation accuracy vs each searched hyperparameter",
 }
 
 
-def build_report(dirs: list[Path | str], out: Path | str | None = None, *, reference: str = "bp",
-                 target: str = "95%", target_metric: str = "val_acc", command: str | None = None,
-                 figures: bool = True, allow_incomplete: bool = False) -> dict:
-    """Write the report; return {"report": path, "figures": [...], "tables": [...], "summary": frame}."""
+@dataclass(frozen=True)
+class ReportOptions:
+    """What a report is asked for (``creditbench report`` options)."""
+
+    baseline: str = DEFAULT_BASELINE  # the algorithm ratios, differences and the relative target refer to
+    target: str = "95%"  # a percentage of the baseline's mean test accuracy, or an absolute accuracy
+    target_metric: str = "val_acc"
+    command: str | None = None  # the command line, for the provenance section
+    figures: bool = True
+    allow_incomplete: bool = False
+
+
+@dataclass
+class ReportInputs:
+    """Everything :func:`render_markdown` writes about: the results, the tables and figures made of them."""
+
+    results: Results
+    out: Path
+    summary: pd.DataFrame
+    hparams: pd.DataFrame
+    protocol: pd.DataFrame
+    failures: pd.DataFrame
+    sections: dict  # (dataset, network) → (trials, summary rows, {figure name: path})
+    skipped: dict  # (dataset, network, figure name) → why it was not drawn
+    searched: dict  # (dataset, network) → searched hyperparameter names
+    opts: ReportOptions = field(default_factory=ReportOptions)
+
+
+def build_report(dirs: list[Path | str], out: Path | str | None = None, opts: ReportOptions | None = None,
+                 **options) -> dict:
+    """Write the report; return {"report": path, "figures": [...], "tables": [...], "summary": frame}.
+
+    ``options`` are :class:`ReportOptions` fields, applied on top of ``opts``."""
     from harness import report_figures as figs
 
-    parse_target(target)  # fail before any work on a bad --target
+    opts = replace(opts or ReportOptions(), **options)
+    baseline = opts.baseline
+    parse_target(opts.target)  # fail before any work on a bad --target
     if out is not None or (len(dirs) == 1 and Path(dirs[0]).is_dir()):  # an output location we cannot write is refused before reading
         store.check_writable(Path(out) if out is not None else Path(dirs[0]), "--out" if out is not None else "report in")
-    results = load_results(list(dirs), allow_incomplete=allow_incomplete)
-    check_reference(reference, results)
+    results = load_results(list(dirs), allow_incomplete=opts.allow_incomplete)
+    check_baseline(baseline, results)
     if out is None:
         if len(results.sources) > 1:
             from harness.errors import ResultsError
@@ -53,18 +87,18 @@ def build_report(dirs: list[Path | str], out: Path | str | None = None, *, refer
             raise ResultsError("several results directories are combined: name where the report goes with --out DIR")
         out = results.sources[0].path
     out = Path(out)
-    if figures:
+    if opts.figures:
         (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
 
     searched = {key: searched_names(results, g) for key, g in results.trials.groupby(GROUP)}
-    summary = summary_table(results, reference=reference, target=target, target_metric=target_metric)
-    hparams = hyperparameter_table(results, reference)
-    protocol = protocol_table(results, searched)
+    summary = summary_table(results, baseline=baseline, target=opts.target, target_metric=opts.target_metric)
+    hparams = hyperparameter_table(results, baseline)
+    protocol = protocol_table(results, searched, baseline)
     failures = failure_table(results, searched)
-    colours = figs.palette(algo_order(results.trials["algo"], reference))
+    colours = figs.palette(algo_order(results.trials["algo"], baseline))
+    labels = diagnostic_labels(results)
 
-    draw = figures
     tables, figures, skipped = [], [], {}
 
     def write_table(name, frame, tex=None):
@@ -82,61 +116,71 @@ def build_report(dirs: list[Path | str], out: Path | str | None = None, *, refer
 
     sections = {}
     for dataset, network in results.groups():
-        key = figs.slug(dataset, network)
-        trials = results.trials[(results.trials["dataset"] == dataset) & (results.trials["network"] == network)]
-        epochs = results.epochs
-        if not epochs.empty:
-            epochs = epochs[(epochs["dataset"] == dataset) & (epochs["network"] == network)]
-        s = summary[(summary["dataset"] == dataset) & (summary["network"] == network)] if not summary.empty else summary
-        if not s.empty:
-            write_table(f"summary_{key}", s, summary_latex(s, dataset, network))
-        spaces = {a: search_space(results, a, sorted(trials.loc[trials["algo"] == a, "source"].unique()))[0]
-                  for a in trials["algo"].unique()}
-        made = {}
-        jobs = {
-            "val_acc": lambda p: figs.validation_curve(epochs, colours, reference, dataset, network, p),
-            "acc_vs_flops": lambda p: figs.accuracy_vs_flops(epochs, colours, reference, dataset, network, p),
-            "cost_by_phase": lambda p: figs.cost_by_phase(s, colours, dataset, network, p),
-            "alignment": lambda p: figs.alignment(epochs, colours, reference, dataset, network, p),
-            "diagnostics": lambda p: figs.diagnostics(epochs, colours, reference, dataset, network, p),
-            "sensitivity": lambda p: figs.sensitivity(trials, spaces, colours, reference, dataset, network, p),
-        }
-        for name, job in jobs.items():
-            if not draw:
-                path, why = None, "figures disabled (--no-figures)"
-            elif epochs.empty and name not in ("cost_by_phase", "sensitivity"):
-                path, why = None, "no epochs.csv"
-            else:
-                path, why = job(out / "figures" / f"{name}_{key}.png")
-            if path is not None:
-                figures.append(path)
-                made[name] = path
-            else:
-                skipped[(dataset, network, name)] = why
-        sections[(dataset, network)] = (trials, s, made)
+        sections[(dataset, network)] = _group(results, summary, dataset, network, out, opts, write_table,
+                                              colours, labels, figures, skipped)
 
-    text = render_markdown(results, out, summary, hparams, protocol, failures, sections, skipped, searched,
-                           reference=reference, target=target, target_metric=target_metric, command=command)
+    text = render_markdown(ReportInputs(results, out, summary, hparams, protocol, failures, sections, skipped,
+                                        searched, opts))
     store.write_text(out / "report.md", text)
     return {"report": out / "report.md", "figures": figures, "tables": tables, "summary": summary,
             "skipped": skipped, "problems": list(results.problems)}
 
 
-def check_reference(reference: str, results: Results) -> None:
-    """``--reference`` names an algorithm of these results (or a registered one, whose absence the
+def _group(results: Results, summary, dataset: str, network: str, out: Path, opts: ReportOptions, write_table,
+           colours: dict, labels: dict, figures: list, skipped: dict):
+    """One dataset × network: its summary table and figures; return (trials, summary rows, figures made)."""
+    from harness import report_figures as figs
+
+    baseline = opts.baseline
+    key = figs.slug(dataset, network)
+    trials = results.trials[(results.trials["dataset"] == dataset) & (results.trials["network"] == network)]
+    epochs = results.epochs
+    if not epochs.empty:
+        epochs = epochs[(epochs["dataset"] == dataset) & (epochs["network"] == network)]
+    s = summary[(summary["dataset"] == dataset) & (summary["network"] == network)] if not summary.empty else summary
+    if not s.empty:
+        write_table(f"summary_{key}", s, summary_latex(s, dataset, network))
+    spaces = {a: search_space(results, a, sorted(trials.loc[trials["algo"] == a, "source"].unique()))[0]
+              for a in trials["algo"].unique()}
+    made = {}
+    jobs = {
+        "val_acc": lambda p: figs.validation_curve(epochs, colours, baseline, dataset, network, p),
+        "acc_vs_flops": lambda p: figs.accuracy_vs_flops(epochs, colours, baseline, dataset, network, p),
+        "cost_by_phase": lambda p: figs.cost_by_phase(s, colours, dataset, network, p),
+        "alignment": lambda p: figs.alignment(epochs, colours, baseline, dataset, network, p),
+        "diagnostics": lambda p: figs.diagnostics(epochs, colours, baseline, dataset, network, p, labels),
+        "sensitivity": lambda p: figs.sensitivity(trials, spaces, colours, baseline, dataset, network, p),
+    }
+    for name, job in jobs.items():
+        if not opts.figures:
+            path, why = None, "figures disabled (--no-figures)"
+        elif epochs.empty and name not in ("cost_by_phase", "sensitivity"):
+            path, why = None, "no epochs.csv"
+        else:
+            path, why = job(out / "figures" / f"{name}_{key}.png")
+        if path is not None:
+            figures.append(path)
+            made[name] = path
+        else:
+            skipped[(dataset, network, name)] = why
+    return trials, s, made
+
+
+def check_baseline(baseline: str, results: Results) -> None:
+    """``--baseline`` names an algorithm of these results (or a registered one, whose absence the
     report notes); anything else, e.g. a typo, is refused before anything is written."""
     from harness.errors import UnknownNameError
     from harness.registry import algorithm_names
 
     present = sorted(set(results.trials["algo"]))
-    if reference in present:
+    if baseline in present:
         return
     try:
         registered = algorithm_names()
     except Exception:  # noqa: BLE001  a broken plugin: only the results' own algorithms count
         registered = []
-    if reference not in registered:
-        raise UnknownNameError("reference algorithm (--reference)", reference, present)
+    if baseline not in registered:
+        raise UnknownNameError("baseline algorithm (--baseline)", baseline, present)
 
 
 def _frame_latex(frame: pd.DataFrame, caption: str, label: str) -> str:
@@ -154,12 +198,25 @@ def _rel(path: Path, out: Path) -> str:
     return Path(path).relative_to(out).as_posix()
 
 
-def render_markdown(results: Results, out: Path, summary, hparams, protocol, failures, sections, skipped,
-                    searched, *, reference, target, target_metric, command) -> str:
-    from harness.provenance import git_commit
+def render_markdown(inputs: ReportInputs) -> str:
+    """``report.md``: header, then one function per section (:data:`SECTIONS`)."""
+    lines = _header(inputs)
+    for section in (_summary_section, _hyperparameters_section, _figures_section, _failures_section,
+                    _provenance_section):
+        lines += section(inputs)
+    return "\n".join(lines).rstrip() + "\n"
 
-    mode, value = parse_target(target)
-    metric_word = "validation" if target_metric == "val_acc" else "test"
+
+def _target_text(inputs: ReportInputs) -> str:
+    mode, value = parse_target(inputs.opts.target)
+    return (f"{pct(value, 0)}% of {inputs.opts.baseline}'s mean test accuracy" if mode == "relative"
+            else f"{pct(value)}% accuracy")
+
+
+def _header(inputs: ReportInputs) -> list[str]:
+    results, baseline = inputs.results, inputs.opts.baseline
+    metric_word = "validation" if inputs.opts.target_metric == "val_acc" else "test"
+    target_text = _target_text(inputs)
     lines = ["# creditbench comparison report", ""]
     lines += [f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from "
               f"{len(results.sources)} results director{'y' if len(results.sources) == 1 else 'ies'}: "
@@ -174,8 +231,6 @@ def render_markdown(results: Results, out: Path, summary, hparams, protocol, fai
         lines += [f"> **Warning: these results were produced with different package versions** ({'; '.join(versions)}): "
                   "differences between them may come from the software, not the algorithms.", ""]
     lines += ["Contents: " + " · ".join(f"[{s}](#{s.lower()})" for s in SECTIONS), ""]
-    target_text = (f"{pct(value, 0)}% of {reference}'s mean test accuracy" if mode == "relative"
-                   else f"{pct(value)}% accuracy")
     lines += [
         "**How to read this.** Final-phase trials only (the best search configuration trained over several seeds). "
         "Test accuracy is taken at each trial's best-validation epoch (the test set never selects anything); "
@@ -185,24 +240,29 @@ def render_markdown(results: Results, out: Path, summary, hparams, protocol, fai
         f"Target for updates/FLOPs: {target_text}, reached on the {metric_word} accuracy curve (`epochs.csv`); "
         "'updates to target' is the mean over the trials that reached it (reached/total in brackets). "
         f"Costs are per update (FLOPs averaged over a schedule period, wall time the mean over timed updates, "
-        f"so rare sleep phases are amortised), as ratios to {reference}. Δ vs {reference}: difference of mean test accuracies in "
+        f"so rare sleep phases are amortised), as ratios to {baseline}. Δ vs {baseline}: difference of mean test accuracies in "
         f"percentage points, Welch {int(CONFIDENCE * 100)}% CI, significant when p < {1 - CONFIDENCE:.2f}. "
         "Wall time depends on the machine and its load; FLOPs do not.", ""]
+    return lines
 
-    # ------------------------------------------------------------------ summary
+
+def _summary_section(inputs: ReportInputs) -> list[str]:
+    results, sections, baseline = inputs.results, inputs.sections, inputs.opts.baseline
+    target_text = _target_text(inputs)
+    lines: list[str] = []
     lines += ["## Summary", ""]
     for (dataset, network), (trials, s, made) in sections.items():
         lines += [f"### {dataset} / {network}", ""]
-        algos = algo_order(trials["algo"], reference)
+        algos = algo_order(trials["algo"], baseline)
         missing_final = [a for a in algos if a not in set(s["algo"] if not s.empty else [])]
         if s.empty:
             lines += ["_No final-phase trials: only the search phase is shown below._", ""]
             continue
         lines.append(markdown_table(summary_display(s)))
         notes = []
-        if reference not in set(s["algo"]):
-            notes.append(f"{reference} (the reference) has no final-phase trials here: ratios, differences and the "
-                         "relative target are not available (use --reference or an absolute --target).")
+        if baseline not in set(s["algo"]):
+            notes.append(f"{baseline} (the reference) has no final-phase trials here: ratios, differences and the "
+                         "relative target are not available (use --baseline or an absolute --target).")
         single = [r.algo for r in s.itertuples() if r.n == 1]
         if single:
             notes.append(f"Single seed for {', '.join(single)}: no standard deviation, no confidence interval and no "
@@ -218,8 +278,12 @@ def render_markdown(results: Results, out: Path, summary, hparams, protocol, fai
         lines += [f"- {n}" for n in notes] + [""]
         lines += [f"LaTeX: [`tables/summary_{_slug(dataset, network)}.tex`](tables/summary_{_slug(dataset, network)}.tex)"
                   " · all numbers: [`tables/summary.csv`](tables/summary.csv)", ""]
+    return lines
 
-    # ------------------------------------------------------------------ hyperparameters
+
+def _hyperparameters_section(inputs: ReportInputs) -> list[str]:
+    hparams, protocol = inputs.hparams, inputs.protocol
+    lines: list[str] = []
     lines += ["## Hyperparameters", ""]
     lines += ["Selected configuration of each algorithm and the space it was searched in "
               "(`space_from`: the sweep's spec.yaml when it lists one, else the plugin's declared defaults).", ""]
@@ -229,8 +293,12 @@ def render_markdown(results: Results, out: Path, summary, hparams, protocol, fai
         lines += ["_No searched hyperparameters._", ""]
     lines += ["Shared protocol (training settings that are not searched, identical for every algorithm):", ""]
     lines.append(markdown_table(protocol))
+    return lines
 
-    # ------------------------------------------------------------------ figures
+
+def _figures_section(inputs: ReportInputs) -> list[str]:
+    out, sections, skipped = inputs.out, inputs.sections, inputs.skipped
+    lines: list[str] = []
     lines += ["## Figures", ""]
     for (dataset, network), (trials, s, made) in sections.items():
         lines += [f"### {dataset} / {network}", ""]
@@ -239,8 +307,12 @@ def render_markdown(results: Results, out: Path, summary, hparams, protocol, fai
                 lines += [f"**{FIGURE_CAPTIONS[name]}**", "", f"![{FIGURE_CAPTIONS[name]}]({_rel(made[name], out)})", ""]
             else:
                 lines += [f"- _{FIGURE_CAPTIONS[name]}: not drawn — {skipped.get((dataset, network, name))}._", ""]
+    return lines
 
-    # ------------------------------------------------------------------ failures
+
+def _failures_section(inputs: ReportInputs) -> list[str]:
+    results, failures = inputs.results, inputs.failures
+    lines: list[str] = []
     lines += ["## Failures", ""]
     if failures.empty:
         lines += ["No trial diverged or failed.", ""]
@@ -252,8 +324,15 @@ def render_markdown(results: Results, out: Path, summary, hparams, protocol, fai
     stopped = results.trials[results.trials["status"] == "stopped"]
     if not stopped.empty:
         lines += [f"{len(stopped)} trial(s) were stopped early by the scheduler (status `stopped`).", ""]
+    return lines
 
-    # ------------------------------------------------------------------ provenance
+
+def _provenance_section(inputs: ReportInputs) -> list[str]:
+    from harness.provenance import git_commit
+
+    results, baseline, command = inputs.results, inputs.opts.baseline, inputs.opts.command
+    versions = version_differences(results)
+    lines: list[str] = []
     lines += ["## Provenance", ""]
     git = git_commit()
     lines += [f"- Report written by creditbench at commit `{git.get('commit') or 'unknown'}`"
@@ -271,7 +350,7 @@ def render_markdown(results: Results, out: Path, summary, hparams, protocol, fai
         t = results.trials[results.trials["source"] == src.label]
         lines += [f"### `{src.label}`", "", f"- Path: `{src.path}`",
                   f"- Trials: {len(t)} ({', '.join(f'{n} {p}' for p, n in t['phase'].value_counts().sort_index().items())}); "
-                  f"algorithms: {', '.join(algo_order(t['algo'], reference))}; "
+                  f"algorithms: {', '.join(algo_order(t['algo'], baseline))}; "
                   f"datasets/networks: {', '.join(sorted(set(t['dataset'] + ' / ' + t['network'])))}"]
         if "algo_version" in t:
             versions = t.groupby("algo")["algo_version"].first()
@@ -285,7 +364,7 @@ def render_markdown(results: Results, out: Path, summary, hparams, protocol, fai
                 lang = "yaml" if name.endswith("yaml") else "json"
                 lines += ["<details>", f"<summary>{name}</summary>", "", f"```{lang}", text.rstrip(), "```", "",
                           "</details>", ""]
-    return "\n".join(lines).rstrip() + "\n"
+    return lines
 
 
 def _slug(dataset, network):
@@ -295,70 +374,15 @@ def _slug(dataset, network):
 
 
 def _env_lines(env) -> list[str]:
-    """Key facts from env.json, whatever its nesting: commit, device, versions."""
+    """Key facts from env.json (as the sweep writes it: ``git.commit``, ``git.dirty``, ``device``,
+    ``processor``, ``versions``)."""
     if not isinstance(env, dict):
         return ["- Environment: " + ("env.json not present" if env is None else "env.json unparsable (shown raw)")]
-
-    def find(obj, keys):
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                if k in keys and not isinstance(v, (dict, list)):
-                    return v
-            for v in obj.values():
-                hit = find(v, keys)
-                if hit is not None:
-                    return hit
-        return None
-
-    out = []
-    commit = find(env, {"commit", "git_commit", "sha"})
-    dirty = find(env, {"dirty"})
-    out.append(f"- Commit: `{commit or 'not recorded'}`" + (" (uncommitted changes)" if dirty else ""))
-    device = find(env, {"gpu", "device", "device_name"})
-    cpu = find(env, {"cpu_model"}) or find(env, {"processor", "cpu"})
+    git = env.get("git") if isinstance(env.get("git"), dict) else {}
+    out = [f"- Commit: `{git.get('commit') or 'not recorded'}`" + (" (uncommitted changes)" if git.get("dirty") else "")]
+    device, cpu = env.get("device"), env.get("cpu_model") or env.get("processor")
     out.append(f"- Device: {device or 'not recorded'}" + (f" ({cpu})" if cpu else ""))
     versions = env.get("versions") if isinstance(env.get("versions"), dict) else None
     if versions:
         out.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
     return out
-
-
-# ---------------------------------------------------------------------------- CLI
-def add_parser(sub) -> None:
-    r = sub.add_parser("report", help="tables and figures from one or more sweep results directories")
-    r.add_argument("dirs", nargs="*", metavar="DIR",
-                   help="results directories (default: the newest under results/ with a trials.csv)")
-    r.add_argument("--out", default=None, help="where to write report.md, figures/, tables/ "
-                                               "(default: the results directory; required with several)")
-    r.add_argument("--target", default="95%",
-                   help="accuracy target for updates/FLOPs-to-target: a percentage of the reference's mean test "
-                        "accuracy (e.g. 95%%, the default) or an absolute accuracy (e.g. 0.9)")
-    r.add_argument("--target-metric", default="val_acc", choices=("val_acc", "test_acc"),
-                   help="which epochs.csv curve must reach the target (default: val_acc)")
-    r.add_argument("--reference", default="bp", help="algorithm the ratios and differences are taken against")
-    r.add_argument("--no-figures", action="store_true", help="write the tables and report.md only (faster)")
-    r.add_argument("--allow-incomplete", action="store_true",
-                   help="report damaged or incomplete results (missing planned trials, truncated tables, "
-                        "non-numeric cells) with the damage listed at the top, instead of refusing them")
-    r.add_argument("--results-root", default="results",
-                   help="where to look for the newest results directory when no DIR is given (default: results)")
-    r.set_defaults(func=cmd_report)
-
-
-def cmd_report(args) -> int:
-    dirs = args.dirs or [newest_results_dir(Path(args.results_root))]
-    command = "creditbench report " + " ".join(shlex.quote(str(a)) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
-    out = build_report(dirs, args.out, reference=args.reference, target=args.target,
-                       target_metric=args.target_metric, command=command, figures=not args.no_figures,
-                       allow_incomplete=args.allow_incomplete)
-    for problem in out["problems"]:
-        print(f"warning: incomplete or damaged results: {problem}", file=sys.stderr)
-    summary = out["summary"]
-    for (dataset, network), s in (summary.groupby(["dataset", "network"]) if not summary.empty else []):
-        print(f"\n{dataset} / {network}")
-        print(markdown_table(summary_display(s)))
-    print("figures:")
-    for p in out["figures"]:
-        print(f"  {p}")
-    print(f"report: {out['report']}", file=sys.stderr)
-    return 0

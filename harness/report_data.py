@@ -21,19 +21,14 @@ import yaml
 
 from harness.errors import CreditbenchError, ResultsError
 from harness.hparams import TrainConfig
+from harness.schema import (ALGORITHMS_JSON, ENV_JSON, EPOCH_NUMERIC, EPOCHS_CSV, NUMERIC_PREFIXES, PLAN_JSON,
+                            REQUIRED_TRIAL_COLUMNS, SPEC_YAML, SWEEP_STAGES, TRIAL_NUMERIC, TRIAL_STATUSES, TRIALS_CSV,
+                            trial_id)
 
-REQUIRED_TRIAL_COLUMNS = ("trial_id", "phase", "algo", "dataset", "network", "seed", "status")
-PHASES = ("search", "final")
-STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")
-# columns that hold numbers (an empty cell is a missing value; anything else non-numeric is damage)
-TRIAL_NUMERIC = ("seed", "epochs", "best_epoch", "best_val_acc", "test_acc", "final_test_acc", "updates",
-                 "peak_memory_bytes", "wall_time_s", "pretrain_flops")
-EPOCH_NUMERIC = ("epoch", "updates", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                 "wall_time_s", "seconds_per_update", "peak_memory_bytes")
-NUMERIC_PREFIXES = ("flops_", "seconds_per_update", "angle_l")
 INCOMPLETE_HINT = "repair or re-run it, or report what is there with --allow-incomplete"
-SAMPLERS = ("loguniform", "uniform", "choice", "randint", "quniform", "qloguniform", "grid", "grid_search")
 GROUP = ["dataset", "network"]
+SPACE_KINDS = {"loguniform": ("kind", "low", "high"), "uniform": ("kind", "low", "high"),
+               "randint": ("kind", "low", "high"), "choice": ("kind", "values")}  # as spec.Dist writes them
 
 
 @dataclass
@@ -46,6 +41,7 @@ class Source:
     spec_text: str | None = None
     env: object = None  # parsed env.json or raw text; None when absent
     env_text: str | None = None
+    algorithms: dict = field(default_factory=dict)  # algorithms.json: what each algorithm declares for the report
 
 
 @dataclass
@@ -135,22 +131,22 @@ def _read_checked(path: Path, what: str, numeric: tuple, problems: list) -> pd.D
 def _planned_ids(p: Path, problems: list) -> list[str] | None:
     """The trial ids ``plan.json`` (with ``spec.yaml``'s seeds) says the sweep runs; None without a plan."""
     try:
-        plan = json.loads((p / "plan.json").read_text())
-        seeds = yaml.safe_load((p / "spec.yaml").read_text())["seeds"]
+        plan = json.loads((p / PLAN_JSON).read_text())
+        seeds = yaml.safe_load((p / SPEC_YAML).read_text())["seeds"]
         mode, configs, selected = plan["mode"], plan["configs"], plan["selected"]
         ids = []
         if mode in ("both", "search"):
-            ids += [f"search-{c['config_id']}-s{seeds[0]}" for a in plan["algorithms"] for c in configs[a]]
+            ids += [trial_id("search", c["config_id"], seeds[0]) for a in plan["algorithms"] for c in configs[a]]
         if mode == "both" and not selected:
-            problems.append(f"{p / 'plan.json'}: the final phase has not run (no configuration selected yet)")
+            problems.append(f"{p / PLAN_JSON}: the final phase has not run (no configuration selected yet)")
         elif mode in ("both", "final"):
-            ids += [f"final-{selected.get(a, configs[a][0]['config_id'])}-s{s}" for a in plan["algorithms"]
+            ids += [trial_id("final", selected.get(a, configs[a][0]["config_id"]), s) for a in plan["algorithms"]
                     for s in seeds]
         return ids
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, yaml.YAMLError) as exc:
-        problems.append(f"{p / 'plan.json'}: cannot tell which trials were planned ({type(exc).__name__})")
+        problems.append(f"{p / PLAN_JSON}: cannot tell which trials were planned ({type(exc).__name__})")
         return None
 
 
@@ -225,30 +221,31 @@ def load_results(dirs: list[Path | str], *, allow_incomplete: bool = False) -> R
     sources, trial_frames, epoch_frames, problems = [], [], [], []
     for p, label in zip(paths, _labels(paths)):
         found: list[str] = []
-        trials = _read_checked(p / "trials.csv", "trials.csv", TRIAL_NUMERIC, found)
+        trials = _read_checked(p / TRIALS_CSV, TRIALS_CSV, TRIAL_NUMERIC, found)
         if trials.empty:
             raise ResultsError(f"{p / 'trials.csv'} has no trials")
         missing = [c for c in REQUIRED_TRIAL_COLUMNS if c not in trials.columns]
         if missing:
-            raise ResultsError(f"{p / 'trials.csv'} lacks column(s) {', '.join(missing)}: not the harness.results format")
-        bad_phase = sorted(set(trials["phase"].astype(str)) - set(PHASES))
-        if bad_phase:
-            raise ResultsError(f"{p / 'trials.csv'}: unknown phase '{bad_phase[0]}'; valid: {', '.join(PHASES)}")
-        bad_status = sorted(set(trials["status"].astype(str)) - set(STATUSES))
+            raise ResultsError(f"{p / 'trials.csv'} lacks column(s) {', '.join(missing)}: not the harness.schema format")
+        bad_stage = sorted(set(trials["phase"].astype(str)) - set(SWEEP_STAGES))
+        if bad_stage:
+            raise ResultsError(f"{p / 'trials.csv'}: unknown phase '{bad_stage[0]}'; valid: {', '.join(SWEEP_STAGES)}")
+        bad_status = sorted(set(trials["status"].astype(str)) - set(TRIAL_STATUSES))
         if bad_status:
-            raise ResultsError(f"{p / 'trials.csv'}: unknown status '{bad_status[0]}'; valid: {', '.join(STATUSES)}")
-        has_epochs = (p / "epochs.csv").is_file()
-        epochs = _read_checked(p / "epochs.csv", "epochs.csv", EPOCH_NUMERIC, found) if has_epochs else pd.DataFrame()
+            raise ResultsError(f"{p / 'trials.csv'}: unknown status '{bad_status[0]}'; valid: "
+                               f"{', '.join(TRIAL_STATUSES)}")
+        has_epochs = (p / EPOCHS_CSV).is_file()
+        epochs = _read_checked(p / EPOCHS_CSV, EPOCHS_CSV, EPOCH_NUMERIC, found) if has_epochs else pd.DataFrame()
         if not epochs.empty and not {"trial_id", "epoch"} <= set(epochs.columns):
-            raise ResultsError(f"{p / 'epochs.csv'} lacks trial_id/epoch columns: not the harness.results format")
+            raise ResultsError(f"{p / 'epochs.csv'} lacks trial_id/epoch columns: not the harness.schema format")
         cross_check(p, trials, epochs if has_epochs else None, found)
         if found and not allow_incomplete:
             more = f" (and {len(found) - 1} more problem(s))" if len(found) > 1 else ""
             raise ResultsError(f"{found[0]}{more}; {INCOMPLETE_HINT}")
         problems += found
-        spec, spec_text = _read_optional(p / "spec.yaml", yaml.safe_load)
-        env, env_text = _read_optional(p / "env.json", json.loads)
-        sources.append(Source(p, label, spec, spec_text, env, env_text))
+        spec, spec_text = _read_optional(p / SPEC_YAML, yaml.safe_load)
+        env, env_text = _read_optional(p / ENV_JSON, json.loads)
+        sources.append(Source(p, label, spec, spec_text, env, env_text, _read_declarations(p / ALGORITHMS_JSON)))
         trials = trials.assign(source=label)
         trial_frames.append(trials)
         if not epochs.empty:
@@ -271,87 +268,81 @@ def load_results(dirs: list[Path | str], *, allow_incomplete: bool = False) -> R
     return results
 
 
+def _read_declarations(path: Path) -> dict:
+    """``algorithms.json`` (algorithm → what it declares for the report); {} when absent. A file that is
+    not the sweep's is refused with one line."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ResultsError(f"{path}: not valid JSON ({type(exc).__name__})") from None
+    if not (isinstance(data, dict) and all(isinstance(v, dict) and isinstance(v.get("diagnostics", {}), dict)
+                                           and isinstance(v.get("search_space", {}), dict) for v in data.values())):
+        raise ResultsError(f"{path}: not the sweep's algorithms.json "
+                           "(algorithm → {diagnostics: {...}, search_space: {...}})")
+    return data
+
+
+def diagnostic_labels(results: Results) -> dict[str, dict]:
+    """epochs.csv column → {"label", "unit"} from what the algorithms declared (``algorithms.json``), in
+    their declared order; a declared name ending in ``_l*`` covers that name's per-layer columns."""
+    columns = list(results.epochs.columns) if not results.epochs.empty else []
+    out: dict[str, dict] = {}
+    for src in results.sources:
+        for algo in sorted(src.algorithms):
+            for name, entry in (src.algorithms[algo].get("diagnostics") or {}).items():
+                if not isinstance(entry, dict):
+                    continue
+                if name.endswith("_l*"):
+                    stem = name[:-1]
+                    matched = sorted(c for c in columns if c.startswith(stem) and c[len(stem):].isdigit())
+                else:
+                    matched = [name]
+                for col in matched:
+                    out.setdefault(col, {k: str(v) for k, v in entry.items() if k in ("label", "unit")})
+    return out
+
+
 # ---------------------------------------------------------------------------- search spaces
-def normalise_space(entry) -> dict | None:
-    """A search-space entry in any common spelling → {kind, low, high} or {kind, values}; None if fixed."""
-    if isinstance(entry, (list, tuple)):
-        return {"kind": "choice", "values": list(entry)}
-    if not isinstance(entry, dict):
+def normalise_space(entry, where: str = "search space") -> dict | None:
+    """A search-space entry as the sweep writes it in spec.yaml (``spec.Dist``: ``{kind: loguniform|uniform|
+    randint, low, high}`` or ``{kind: choice, values}``) → the same dict; None for ``null`` (held fixed).
+    Anything else is refused with one line."""
+    if entry is None:
         return None
-    kind = entry.get("kind") or entry.get("type") or entry.get("sampler") or entry.get("distribution")
-    if kind is None and len(entry) == 1 and next(iter(entry)) in SAMPLERS:
-        kind, args = next(iter(entry.items()))
-        if isinstance(args, dict):
-            entry = {"kind": kind, **args}
-        elif kind in ("choice", "grid", "grid_search"):
-            return {"kind": "choice", "values": list(args)}
-        elif isinstance(args, (list, tuple)) and len(args) >= 2:
-            return {"kind": kind, "low": args[0], "high": args[1]}
-        else:
-            return None
-    if kind is None:
-        return None
-    kind = str(kind)
-    if kind in ("grid", "grid_search"):
-        kind = "choice"
-    out = {"kind": kind}
-    low = next((entry[k] for k in ("low", "lower", "min") if k in entry), None)
-    high = next((entry[k] for k in ("high", "upper", "max") if k in entry), None)
-    values = next((entry[k] for k in ("values", "categories", "options") if k in entry), None)
-    if low is not None and high is not None:
-        out.update(low=low, high=high)
-    if values is not None:
-        out["values"] = list(values)
-    return out
+    kind = entry.get("kind") if isinstance(entry, dict) else None
+    if kind not in SPACE_KINDS or set(entry) != set(SPACE_KINDS[kind]):
+        raise ResultsError(f"{where}: {entry!r} is not a search distribution as a sweep writes it "
+                           "({kind: loguniform|uniform|randint, low, high} or {kind: choice, values})")
+    return {k: (list(v) if k == "values" else v) for k, v in entry.items()}
 
 
-def _flatten_space(space) -> dict:
-    """Accept {name: entry} or {"train": {...}, "params": {...}} (nested one level)."""
-    out = {}
-    if not isinstance(space, dict):
-        return out
-    for name, entry in space.items():
-        norm = normalise_space(entry)
+def spec_search_space(spec, algo: str, where: str = "spec.yaml") -> dict | None:
+    """The search space of ``algo`` in a resolved sweep spec (``search_spaces.<algo>``), if it has one."""
+    block = spec.get("search_spaces") if isinstance(spec, dict) else None
+    if not isinstance(block, dict) or not isinstance(block.get(algo), dict):
+        return None
+    space = {}
+    for name, entry in block[algo].items():
+        norm = normalise_space(entry, f"{where}: search_spaces.{algo}.{name}")
         if norm is not None:
-            out[str(name)] = norm
-        elif isinstance(entry, dict) and name in ("train", "params", "training", "algorithm"):
-            out.update(_flatten_space(entry))
-    return out
-
-
-def spec_search_space(spec, algo: str) -> dict | None:
-    """The per-algorithm search space written in a sweep spec, if the spec has one."""
-    if not isinstance(spec, dict):
-        return None
-    candidates = []
-    algos = spec.get("algorithms") or spec.get("algos")
-    if isinstance(algos, dict) and isinstance(algos.get(algo), dict):
-        entry = algos[algo]
-        candidates += [entry.get(k) for k in ("search_space", "search", "space")]
-    elif isinstance(algos, list):
-        for entry in algos:
-            if isinstance(entry, dict) and (entry.get("name") == algo or entry.get("algo") == algo):
-                candidates += [entry.get(k) for k in ("search_space", "search", "space")]
-    for key in ("search_space", "search_spaces", "spaces", "search"):
-        block = spec.get(key)
-        if isinstance(block, dict) and isinstance(block.get(algo), dict):
-            candidates.append(block[algo])
-    for cand in candidates:
-        space = _flatten_space(cand)
-        if space:
-            shared = spec.get("search_space") if isinstance(spec.get("search_space"), dict) else {}
-            shared = _flatten_space({k: v for k, v in shared.items() if k in TrainConfig.model_fields})
-            return {**shared, **space}
-    return None
+            space[str(name)] = norm
+    return space or None
 
 
 def search_space(results: Results, algo: str, sources: list[str]) -> tuple[dict, str]:
-    """(space, where it came from) for ``algo``: the spec's when it has one, else the declared defaults."""
+    """(space, where it came from) for ``algo``: the spec's when it has one, else the space the algorithm
+    declared (recorded in ``algorithms.json``; for results without either, the installed plugin's)."""
     for src in results.sources:
         if src.label in sources:
-            space = spec_search_space(src.spec, algo)
+            space = spec_search_space(src.spec, algo, str(src.path / SPEC_YAML))
             if space:
                 return space, f"spec.yaml ({src.label})"
+    for src in results.sources:
+        declared = (src.algorithms.get(algo) or {}).get("search_space") if src.label in sources else None
+        if isinstance(declared, dict):
+            return {**TrainConfig.search_space(), **declared}, f"declared defaults ({ALGORITHMS_JSON})"
     from harness.registry import get_algorithm
 
     try:
@@ -392,28 +383,10 @@ def _hp_signature(row: pd.Series, cols: list[str]) -> str:
 
 
 def _fingerprints(src: Source, datasets: list[str]) -> dict:
-    """dataset → fingerprint from env.json, whatever the nesting (keys containing 'fingerprint')."""
-    found = {}
-
-    def walk(obj, dataset=None):
-        if isinstance(obj, dict):
-            for key, value in obj.items():
-                key = str(key)
-                if "fingerprint" in key.lower():
-                    if isinstance(value, str):
-                        name = dataset or (datasets[0] if len(datasets) == 1 else None)
-                        if name is not None:
-                            found[name] = value
-                    elif isinstance(value, dict):
-                        found.update({str(k): str(v) for k, v in value.items() if isinstance(v, str)})
-                else:
-                    walk(value, key if key in datasets else dataset)
-        elif isinstance(obj, list):
-            for value in obj:
-                walk(value, dataset)
-
-    walk(src.env)
-    return found
+    """dataset → fingerprint, from env.json's ``dataset.fingerprints`` (as the sweep writes it)."""
+    block = src.env.get("dataset") if isinstance(src.env, dict) else None
+    fps = block.get("fingerprints") if isinstance(block, dict) else None
+    return {str(k): v for k, v in fps.items() if isinstance(v, str)} if isinstance(fps, dict) else {}
 
 
 def check_compatible(results: Results) -> dict:

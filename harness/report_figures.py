@@ -1,6 +1,6 @@
 """The report's figures (matplotlib Agg + seaborn): one set per dataset × network.
 
-Every algorithm keeps one colour (seaborn's colour-blind palette, reference first) in every
+Every algorithm keeps one colour (seaborn's colour-blind palette, the baseline first) in every
 figure. Curves over seeds are mean lines with a 95% t-interval band where ≥ 2 seeds have that
 epoch. Each function returns the written path, or None with the reason the figure was skipped.
 """
@@ -19,17 +19,12 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from harness.report_tables import CONFIDENCE, PHASE_NAMES, algo_order  # noqa: E402
+from harness.report_tables import CONFIDENCE, algo_order  # noqa: E402
+from harness.schema import ANGLE_PREFIX, COST_PHASES, EPOCH_KEYS, EPOCH_METRICS, FAILED_STATUSES  # noqa: E402
 
-BASE_EPOCH_COLUMNS = {
-    "trial_id", "phase", "config_id", "algo", "seed", "source", "dataset", "network", "epoch", "updates",
-    "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "flops_forward", "flops_credit",
-    "flops_feedback", "flops_total", "wall_time_s", "seconds_per_update", "peak_memory_bytes",
-}
-DIAGNOSTIC_LABELS = {
-    "pinv_residual": "pseudoinverse residual ‖Q(WWᵀ+λI) − Wᵀ‖/‖Wᵀ‖",
-    "contraction": "contraction ρ = ‖δa_L − J δh_1‖/‖δa_L‖",
-}
+# columns every epochs.csv row has (the trainer's metrics, the trial's keys, and what the loader adds);
+# the others, except angles, are the algorithms' diagnostics
+BASE_EPOCH_COLUMNS = set(EPOCH_KEYS) | set(EPOCH_METRICS) | {"source", "dataset", "network"}
 
 
 def palette(algos: list[str]) -> dict[str, tuple]:
@@ -98,13 +93,13 @@ def _final(epochs: pd.DataFrame) -> pd.DataFrame:
     return epochs[epochs["phase"] == "final"] if not epochs.empty else epochs
 
 
-def validation_curve(epochs, colours, reference, dataset, network, out: Path):
+def validation_curve(epochs, colours, baseline, dataset, network, out: Path):
     e = _final(epochs)
     if e.empty or "val_acc" not in e:
         return None, "no final-phase epochs"
     _style()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for algo in algo_order(e["algo"], reference):
+    for algo in algo_order(e["algo"], baseline):
         b = mean_band(e[e["algo"] == algo], "epoch", "val_acc", (0, 1))
         n = e[e["algo"] == algo]["trial_id"].nunique()
         ax.plot(b["epoch"], 100 * b["mean"], marker="o", ms=3, color=colours[algo], label=f"{algo} (n={n})")
@@ -117,19 +112,19 @@ def validation_curve(epochs, colours, reference, dataset, network, out: Path):
     return _save(fig, out), None
 
 
-def accuracy_vs_flops(epochs, colours, reference, dataset, network, out: Path):
+def accuracy_vs_flops(epochs, colours, baseline, dataset, network, out: Path):
     e = _final(epochs)
     if e.empty or "test_acc" not in e:
         return None, "no final-phase epochs"
     e = e.copy()
     if "flops_total" not in e:
-        e["flops_total"] = sum(e.get(f"flops_{p}", 0) for p in PHASE_NAMES)
+        e["flops_total"] = sum(e.get(f"flops_{p}", 0) for p in COST_PHASES)
     e = e[np.isfinite(e["flops_total"]) & (e["flops_total"] > 0)]
     if e.empty:
         return None, "no FLOP counts recorded"
     _style()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for algo in algo_order(e["algo"], reference):
+    for algo in algo_order(e["algo"], baseline):
         sub = e[e["algo"] == algo]
         # seeds share shapes, so cumulative FLOPs per epoch agree across seeds: average per epoch
         f = sub.groupby("epoch")["flops_total"].mean()
@@ -146,16 +141,16 @@ def accuracy_vs_flops(epochs, colours, reference, dataset, network, out: Path):
 
 
 def cost_by_phase(summary: pd.DataFrame, colours, dataset, network, out: Path):
-    cols = [f"flops_per_update_{p}" for p in PHASE_NAMES]
+    cols = [f"flops_per_update_{p}" for p in COST_PHASES]
     if summary.empty or not all(c in summary for c in cols) or not summary[cols].notna().any().any():
         return None, "no per-phase FLOP counts"
     _style()
     fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(summary) + 2), 4.2))
-    phase_colours = sns.color_palette("Greys", n_colors=len(PHASE_NAMES) + 1)[1:]
+    phase_colours = sns.color_palette("Greys", n_colors=len(COST_PHASES) + 1)[1:]
     hatches = ("", "//", "..")
     bottom = np.zeros(len(summary))
     x = np.arange(len(summary))
-    for p, c, h in zip(PHASE_NAMES, phase_colours, hatches):
+    for p, c, h in zip(COST_PHASES, phase_colours, hatches):
         v = summary[f"flops_per_update_{p}"].fillna(0).to_numpy(dtype=float)
         ax.bar(x, v, bottom=bottom, color=c, hatch=h, edgecolor="black", linewidth=0.6, label=p)
         bottom += v
@@ -182,9 +177,9 @@ def _finish_panels(fig, axes, used: int, dataset, network, what: str, out: Path)
     return _save(fig, out), None
 
 
-def _epoch_bands(ax, e, col, colours, reference, clip=None) -> None:
+def _epoch_bands(ax, e, col, colours, baseline, clip=None) -> None:
     """One line per algorithm: the mean of ``col`` over seeds per epoch, with its CI band."""
-    for algo in algo_order(e["algo"], reference):
+    for algo in algo_order(e["algo"], baseline):
         b = mean_band(e[e["algo"] == algo], "epoch", col, clip)
         if b.empty:
             continue
@@ -192,7 +187,7 @@ def _epoch_bands(ax, e, col, colours, reference, clip=None) -> None:
         ax.fill_between(b["epoch"], b["low"], b["high"], color=colours[algo], alpha=0.2, lw=0)
 
 
-def alignment(epochs, colours, reference, dataset, network, out: Path):
+def alignment(epochs, colours, baseline, dataset, network, out: Path):
     e = _final(epochs)
     layers = sorted((c for c in e.columns if c.startswith("angle_l") and e[c].notna().any()),
                     key=lambda c: int(c[len("angle_l"):]) if c[len("angle_l"):].isdigit() else 0)
@@ -203,7 +198,7 @@ def alignment(epochs, colours, reference, dataset, network, out: Path):
     nrow = math.ceil(len(layers) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False, sharey=True)
     for ax, col in zip(axes.flat, layers):
-        _epoch_bands(ax, e, col, colours, reference, (0, 180))
+        _epoch_bands(ax, e, col, colours, baseline, (0, 180))
         ax.set_ylim(-3, 183)
         ax.set_yticks(range(0, 181, 30))
         ax.set_title(f"layer {col[len('angle_l'):]}")
@@ -214,35 +209,39 @@ def alignment(epochs, colours, reference, dataset, network, out: Path):
                           "Alignment of the update with the bp gradient (probe batch)", out)
 
 
-def diagnostic_columns(epochs: pd.DataFrame) -> list[str]:
-    cols = [c for c in epochs.columns if c not in BASE_EPOCH_COLUMNS and not c.startswith("angle_l")
+def diagnostic_columns(epochs: pd.DataFrame, labels: dict | None = None) -> list[str]:
+    """The diagnostics to plot: those the algorithms declared (``labels``, in their order), then the rest."""
+    cols = [c for c in epochs.columns if c not in BASE_EPOCH_COLUMNS and not c.startswith(ANGLE_PREFIX)
             and pd.api.types.is_numeric_dtype(epochs[c]) and epochs[c].notna().any()]
-    known = [c for c in DIAGNOSTIC_LABELS if c in cols]
+    known = [c for c in (labels or {}) if c in cols]
     return known + sorted(c for c in cols if c not in known)
 
 
-def diagnostics(epochs, colours, reference, dataset, network, out: Path):
+def diagnostics(epochs, colours, baseline, dataset, network, out: Path, labels: dict | None = None):
+    """``labels``: column → {"label", "unit"}, as the algorithms declared them (``algorithms.json``)."""
+    labels = labels or {}
     e = _final(epochs)
-    cols = diagnostic_columns(e) if not e.empty else []
+    cols = diagnostic_columns(e, labels) if not e.empty else []
     if not cols:
-        return None, "no algorithm diagnostics recorded (e.g. pinv_residual, contraction)"
+        return None, "no algorithm diagnostics recorded"
     _style()
     ncol = min(len(cols), 2)
     nrow = math.ceil(len(cols) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.6 * nrow), squeeze=False)
     for ax, col in zip(axes.flat, cols):
-        _epoch_bands(ax, e, col, colours, reference)
+        _epoch_bands(ax, e, col, colours, baseline)
         values = e[col].replace([np.inf, -np.inf], np.nan).dropna()
         if (values > 0).all() and values.max() / values.min() > 100:
             ax.set_yscale("log")
-        ax.set_title(DIAGNOSTIC_LABELS.get(col, col), fontsize=9)
+        declared = labels.get(col, {})
+        ax.set_title(declared.get("label", col), fontsize=9)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{col} ({'degrees' if col.startswith('angle') else 'dimensionless'})")
+        ax.set_ylabel(f"{col} ({declared.get('unit') or ('degrees' if col.startswith('angle') else 'dimensionless')})")
         ax.xaxis.get_major_locator().set_params(integer=True)
     return _finish_panels(fig, axes, len(cols), dataset, network, "Algorithm diagnostics on the probe batch", out)
 
 
-def sensitivity(trials, spaces: dict, colours, reference, dataset, network, out: Path):
+def sensitivity(trials, spaces: dict, colours, baseline, dataset, network, out: Path):
     """Search phase: best validation accuracy of each trial vs each hyperparameter that varied.
 
     One row per algorithm, training hyperparameters first; the configuration carried into the final
@@ -253,7 +252,7 @@ def sensitivity(trials, spaces: dict, colours, reference, dataset, network, out:
     search = trials[trials["phase"] == "search"]
     final_ids = set(trials.loc[trials["phase"] == "final", "config_id"].astype(str)) if "config_id" in trials else set()
     rows = []
-    for algo in algo_order(search["algo"], reference):
+    for algo in algo_order(search["algo"], baseline):
         sub = search[search["algo"] == algo]
         names = [c[3:] for c in sub.columns if c.startswith("hp.") and sub[c].dropna().astype(str).nunique() > 1]
         names.sort(key=lambda n: (n not in TrainConfig.model_fields, n))
@@ -290,7 +289,7 @@ def _sensitivity_panel(ax, algo, name, sub, space, colour, final_ids):
     raw = sub[f"hp.{name}"]
     x = pd.to_numeric(raw, errors="coerce")
     y = 100 * pd.to_numeric(sub["best_val_acc"], errors="coerce")
-    bad = sub["status"].isin(["diverged", "failed"]).to_numpy()
+    bad = sub["status"].isin(FAILED_STATUSES).to_numpy()
     chosen = sub["config_id"].astype(str).isin(final_ids).to_numpy() if "config_id" in sub else np.zeros(len(sub), bool)
     categorical = x.isna().all()
     if categorical:

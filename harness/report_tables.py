@@ -1,4 +1,4 @@
-"""The report's tables: summary, difference to the reference, hyperparameters, protocol, failures.
+"""The report's tables: summary, difference to the baseline, hyperparameters, protocol, failures.
 
 Statistics (stated in the report too):
 
@@ -8,8 +8,8 @@ Statistics (stated in the report too):
   without one (failed, or diverged before any finite validation) are counted, never averaged.
 * mean ± sample standard deviation (ddof = 1); 95% CI = mean ± t(0.975, n−1)·std/√n; n = 1 gives
   no std and no CI.
-* Difference to the reference (default bp): Welch's t-test and Welch–Satterthwaite 95% CI of
-  (mean test accuracy − reference mean); significant when p < 0.05.
+* Difference to the baseline algorithm (``--baseline``, default :data:`harness.schema.DEFAULT_BASELINE`): Welch's t-test and Welch–Satterthwaite 95% CI of
+  (mean test accuracy − baseline mean); significant when p < 0.05.
 * Updates / FLOPs to target: per trial, the first epoch whose accuracy (validation by default)
   reaches the target, from ``epochs.csv``; averaged over the trials that reach it.
 """
@@ -24,8 +24,8 @@ from scipy import stats
 
 from harness.errors import ConfigError
 from harness.report_data import GROUP, Results, search_space
+from harness.schema import COST_PHASES, DEFAULT_BASELINE, FAILED_STATUSES, SWEEP_STAGES, TRIAL_STATUSES
 
-PHASE_NAMES = ("forward", "credit", "feedback")
 CONFIDENCE = 0.95
 
 
@@ -63,12 +63,12 @@ def welch(a, b) -> dict:
 
 # ---------------------------------------------------------------------------- target
 def parse_target(text: str) -> tuple[str, float]:
-    """``95%`` → ("relative", 0.95) of the reference's mean test accuracy; ``0.9`` → ("absolute", 0.9)."""
+    """``95%`` → ("relative", 0.95) of the baseline's mean test accuracy; ``0.9`` → ("absolute", 0.9)."""
     text = str(text).strip()
     try:
         if text.endswith("%"):
             value = float(text[:-1]) / 100
-            if not 0 < value <= 1:  # more than the reference's mean accuracy is not a target it reaches
+            if not 0 < value <= 1:  # more than the baseline's mean accuracy is not a target it reaches
                 raise ValueError
             return "relative", value
         value = float(text)
@@ -86,7 +86,7 @@ def first_reaching(epochs: pd.DataFrame, metric: str, target: float) -> pd.DataF
         return pd.DataFrame(columns=["source", "trial_id", "epoch", "updates", "flops"])
     e = epochs.copy()
     if "flops_total" not in e.columns:
-        e["flops_total"] = sum(e.get(f"flops_{p}", 0) for p in PHASE_NAMES)
+        e["flops_total"] = sum(e.get(f"flops_{p}", 0) for p in COST_PHASES)
     hit = e[e[metric] >= target].sort_values("epoch").groupby(["source", "trial_id"], as_index=False).first()
     return hit[["source", "trial_id", "epoch", "updates", "flops_total"]].rename(columns={"flops_total": "flops"})
 
@@ -95,9 +95,10 @@ def _num(frame: pd.DataFrame, col: str) -> pd.Series:
     return pd.to_numeric(frame[col], errors="coerce") if col in frame.columns else pd.Series(np.nan, index=frame.index)
 
 
-def algo_order(algos, reference: str) -> list[str]:
+def algo_order(algos, baseline: str) -> list[str]:
+    """The baseline first, then the others in alphabetical order."""
     algos = sorted(set(algos))
-    return ([reference] if reference in algos else []) + [a for a in algos if a != reference]
+    return ([baseline] if baseline in algos else []) + [a for a in algos if a != baseline]
 
 
 # ---------------------------------------------------------------------------- summary
@@ -106,7 +107,7 @@ def _seconds(frame: pd.DataFrame) -> pd.Series:
     return _num(frame, "seconds_per_update")
 
 
-def summary_table(results: Results, *, reference: str = "bp", target: str = "95%",
+def summary_table(results: Results, *, baseline: str = DEFAULT_BASELINE, target: str = "95%",
                   target_metric: str = "val_acc") -> pd.DataFrame:
     """One row per dataset × network × algorithm (final phase)."""
     if target_metric not in ("val_acc", "test_acc"):
@@ -118,7 +119,7 @@ def summary_table(results: Results, *, reference: str = "bp", target: str = "95%
         final = group[group["phase"] == "final"]
         if final.empty:
             continue
-        ref = final[final["algo"] == reference]
+        ref = final[final["algo"] == baseline]
         ref_acc = _num(ref, "test_acc")
         ref_mean = ref_acc.mean() if ref_acc.notna().any() else math.nan
         target_acc = value * ref_mean if mode == "relative" else value
@@ -127,7 +128,7 @@ def summary_table(results: Results, *, reference: str = "bp", target: str = "95%
         group_epochs = epochs[(epochs["dataset"] == dataset) & (epochs["network"] == network)] if not epochs.empty else epochs
         hits = first_reaching(group_epochs[group_epochs["phase"] == "final"] if not group_epochs.empty else group_epochs,
                               target_metric, target_acc)
-        for algo in algo_order(final["algo"], reference):
+        for algo in algo_order(final["algo"], baseline):
             sub = final[final["algo"] == algo]
             acc = _num(sub, "test_acc")
             used = sub[acc.notna() & np.isfinite(acc)]
@@ -138,14 +139,14 @@ def summary_table(results: Results, *, reference: str = "bp", target: str = "95%
             h = hits.merge(sub[["source", "trial_id"]], on=["source", "trial_id"], how="inner")
             flops = _num(sub, "flops_per_update").mean()
             secs = _seconds(sub).mean()
-            d = welch(_num(used, "test_acc"), ref_acc) if algo != reference else {
+            d = welch(_num(used, "test_acc"), ref_acc) if algo != baseline else {
                 "diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan}
             row = {
                 "dataset": dataset, "network": network, "algo": algo,
                 "algo_version": sub["algo_version"].iloc[0] if "algo_version" in sub else None,
                 "config_id": sub["config_id"].iloc[0] if "config_id" in sub else None,
                 "trials": len(sub), "n": t["n"],
-                **{s: int(status.get(s, 0)) for s in ("ok", "diverged", "failed", "stopped")},
+                **{s: int(status.get(s, 0)) for s in TRIAL_STATUSES},
                 "test_acc_mean": t["mean"], "test_acc_std": t["std"],
                 "test_acc_ci_low": t["ci_low"], "test_acc_ci_high": t["ci_high"],
                 "best_val_acc_mean": v["mean"], "best_val_acc_std": v["std"],
@@ -156,9 +157,9 @@ def summary_table(results: Results, *, reference: str = "bp", target: str = "95%
                 "updates_to_target_mean": h["updates"].mean() if len(h) else math.nan,
                 "flops_to_target_mean": h["flops"].mean() if len(h) else math.nan,
                 "flops_per_update": flops,
-                **{f"flops_per_update_{p}": _num(sub, f"flops_per_update_{p}").mean() for p in PHASE_NAMES},
+                **{f"flops_per_update_{p}": _num(sub, f"flops_per_update_{p}").mean() for p in COST_PHASES},
                 "seconds_per_update": secs,
-                "reference": reference,
+                "reference": baseline,  # the column keeps its name (summary.csv)
                 "flops_ratio": flops / ref_flops if ref_flops and math.isfinite(ref_flops) else math.nan,
                 "time_ratio": secs / ref_time if ref_time and math.isfinite(ref_time) else math.nan,
                 "diff_test_acc": d["diff"], "diff_ci_low": d["ci_low"], "diff_ci_high": d["ci_high"],
@@ -191,7 +192,7 @@ def fmt_space(space: dict | None) -> str:
     return space["kind"]
 
 
-def hyperparameter_table(results: Results, reference: str = "bp") -> pd.DataFrame:
+def hyperparameter_table(results: Results, baseline: str = DEFAULT_BASELINE) -> pd.DataFrame:
     """Per dataset × network × algorithm × searched hyperparameter: selected value, search space, source.
 
     The selected value is the final-phase configuration; an algorithm without a final phase shows
@@ -200,7 +201,7 @@ def hyperparameter_table(results: Results, reference: str = "bp") -> pd.DataFram
     rows = []
     trials = results.trials
     for (dataset, network), group in trials.groupby(GROUP):
-        for algo in algo_order(group["algo"], reference):
+        for algo in algo_order(group["algo"], baseline):
             sub = group[group["algo"] == algo]
             space, origin = search_space(results, algo, sorted(sub["source"].unique()))
             final = sub[sub["phase"] == "final"]
@@ -226,18 +227,18 @@ def hyperparameter_table(results: Results, reference: str = "bp") -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def protocol_table(results: Results, searched: dict) -> pd.DataFrame:
+def protocol_table(results: Results, searched: dict, baseline: str = DEFAULT_BASELINE) -> pd.DataFrame:
     """The shared (not searched) training settings per dataset × network × phase."""
     from harness.hparams import TrainConfig
 
     rows = []
     for (dataset, network), group in results.trials.groupby(GROUP):
-        for phase in ("search", "final"):
-            sub = group[group["phase"] == phase]
+        for stage in SWEEP_STAGES:
+            sub = group[group["phase"] == stage]
             if sub.empty:
                 continue
-            row = {"dataset": dataset, "network": network, "phase": phase, "trials": len(sub),
-                   "algorithms": ", ".join(algo_order(sub["algo"], "bp")),
+            row = {"dataset": dataset, "network": network, "phase": stage, "trials": len(sub),
+                   "algorithms": ", ".join(algo_order(sub["algo"], baseline)),
                    "seeds": ", ".join(str(s) for s in sorted(sub["seed"].unique()))}
             for name in TrainConfig.model_fields:
                 col = f"hp.{name}"
@@ -252,7 +253,7 @@ def protocol_table(results: Results, searched: dict) -> pd.DataFrame:
 def failure_table(results: Results, searched: dict) -> pd.DataFrame:
     """Every trial that diverged or failed (both phases), with its configuration."""
     t = results.trials
-    bad = t[t["status"].isin(["diverged", "failed"])]
+    bad = t[t["status"].isin(FAILED_STATUSES)]
     rows = []
     for _, r in bad.sort_values(["dataset", "network", "phase", "algo", "seed"]).iterrows():
         names = sorted(searched.get((r["dataset"], r["network"]), set()))
@@ -405,3 +406,21 @@ def summary_latex(summary: pd.DataFrame, dataset: str, network: str) -> str:
                f"accuracy. * Welch p < 0.05 vs {ref}. Best per column in bold.")
     label = f"tab:summary-{dataset}-{network}"
     return latex_table(header, rows, masks, caption=caption, label=label)
+
+
+def stage_table_text(trials: pd.DataFrame) -> str:
+    """The short table a finished sweep prints: per algorithm, mean ± std of test accuracy (at the best
+    validation epoch) over the final stage's seeds (the search stage's trials without a final stage)."""
+    if trials.empty:
+        return ""
+    stage = "final" if (trials["phase"] == "final").any() else "search"
+    f = trials[trials["phase"] == stage]
+    lines = [f"\n{stage} phase: test accuracy at the best validation epoch",
+             f"{'algorithm':<10} {'n':>3} {'ok':>3} {'test acc mean ± std':>22} {'epochs':>7}"]
+    for algo, g in f.groupby("algo", sort=True):
+        acc = pd.to_numeric(g["test_acc"], errors="coerce")
+        std = acc.std(ddof=1) if acc.count() > 1 else float("nan")
+        spread = f"{std:<7.4f}" if math.isfinite(std) else f"{'-':<7}"
+        lines.append(f"{algo:<10} {len(g):>3} {(g['status'] == 'ok').sum():>3} {acc.mean():>12.4f} ± {spread} "
+                     f"{pd.to_numeric(g['epochs']).mean():>7.1f}")
+    return "\n".join(lines) + "\n"

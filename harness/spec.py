@@ -65,15 +65,19 @@ class Dist(_Strict):
             return [int(self.low), int(self.high)]
         return [self.low, self.high]
 
-    def domain(self):
-        """The Ray Tune sampler of this distribution."""
-        from ray import tune
+    def sample(self, rng):
+        """One draw with ``rng`` (a ``numpy.random.Generator``), exactly as Ray Tune's sampler of this
+        distribution draws it (``tune.loguniform``, ``tune.uniform``, ``tune.randint`` with ``high``
+        included, ``tune.choice``; tests/test_planning.py compares them), without importing Ray."""
+        import numpy as np
 
         if self.kind == "choice":
-            return tune.choice(list(self.values))
+            return self.values[int(rng.choice(np.arange(0, len(self.values)), size=1)[0])]
         if self.kind == "randint":
-            return tune.randint(int(self.low), int(self.high) + 1)
-        return getattr(tune, self.kind)(self.low, self.high)
+            return int(rng.integers(int(self.low), int(self.high) + 1, size=1)[0])
+        if self.kind == "loguniform":
+            return float(np.exp(rng.uniform(np.log(self.low), np.log(self.high), size=1))[0])
+        return float(rng.uniform(self.low, self.high, size=1)[0])
 
 
 class Budgets(_Strict):
@@ -295,13 +299,12 @@ def _plain(value):
 
 
 def sample_configs(space: dict[str, Dist], n: int, *, seed: int, algo: str) -> list[dict]:
-    """``n`` configurations drawn from ``space`` with Ray Tune's samplers, seeded per algorithm
-    (adding an algorithm to a sweep does not change the others' draws)."""
+    """``n`` configurations drawn from ``space`` (as Ray Tune's samplers draw them, without Ray),
+    seeded per algorithm (adding an algorithm to a sweep does not change the others' draws)."""
     import numpy as np
 
     rng = np.random.default_rng([seed, zlib.crc32(algo.encode())])
-    domains = {k: d.domain() for k, d in space.items()}
-    return [{k: _plain(domains[k].sample(random_state=rng)) for k in domains} for _ in range(n)]
+    return [{k: _plain(d.sample(rng)) for k, d in space.items()} for _ in range(n)]
 
 
 def space_to_yaml(space: dict[str, Dist]) -> dict:

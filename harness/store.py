@@ -15,11 +15,15 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from harness.errors import CheckpointError, ConfigError, ResultsError
 from harness.names import NAME_RULE, safe_name  # noqa: F401  (the rule's owner; re-exported)
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 TMP_SUFFIX = ".tmp"

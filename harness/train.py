@@ -17,39 +17,25 @@ from typing import Callable
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import Field
-
 from harness import store
 from harness.algorithm import Algorithm
-from harness.cost import PHASES, CostMeter, NullMeter
+from harness.cost import CostMeter, NullMeter
 from harness.datasets import Data, load_dataset
 from harness.errors import ConfigError, CreditbenchError
-from harness.hparams import HParams, TrainConfig
+from harness.hparams import TrainConfig
 from harness.metrics import alignment_angles
 from harness.networks import build_network
 from harness.provenance import environment
 from harness.registry import DATASETS, get_algorithm
+from harness.schema import (ANGLE_PREFIX, CHECKPOINT, CONFIG_JSON, COST_PHASES, EPOCHS_CSV, RUNNING, SUMMARY_JSON,
+                            TrialConfig, is_diagnostic)
 
-CHECKPOINT = "checkpoint.pt"
-
-
-class TrialConfig(HParams):
-    """Everything that defines one trial (the resolved form is saved with every result)."""
-
-    algo: str
-    dataset: str = "digits"
-    network: str | None = Field(None, description="preset or mlp-<depth>x<width>-<activation>; None: dataset default")
-    seed: int = Field(0, ge=0, description="trial seed: initialisation, data order, algorithm noise")
-    train: dict = Field(default_factory=dict, description="TrainConfig overrides")
-    params: dict = Field(default_factory=dict, description="algorithm hyperparameter overrides")
-    data_dir: str | None = None
-    split_seed: int = Field(0, ge=0, description="seed of the train/validation split (independent of seed)")
-    val_size: float | None = Field(None, gt=0, description="validation images (≥ 1) or fraction (< 1)")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    probe_size: int = Field(256, ge=1, description="examples in the fixed probe batch for alignment/diagnostics")
-    target_acc: float | None = Field(None, gt=0, le=1, description="report updates/FLOPs to this val accuracy")
-    threads: int = Field(1, ge=1, le=1024, description="CPU threads torch uses while the trial trains "
-                                                      "(part of what makes results reproducible)")
+# what a checkpoint holds (private to the trainer: the sweep reads a trial through summary_from_checkpoint
+# and trial_history, never the file itself)
+CHECKPOINT_KEYS = ("config", "epoch", "updates", "history", "best", "bad_epochs", "status", "stop_reason",
+                   "train_seconds", "pretrain_flops", "net", "optimizer", "algo", "algo_gen", "data_gen", "meter",
+                   "torch_rng", "summary")
+REQUIRED_CHECKPOINT_KEYS = tuple(k for k in CHECKPOINT_KEYS if k != "summary")  # derived; older checkpoints lack it
 
 
 DEVICES = "auto, cpu, cuda, cuda:N"
@@ -85,11 +71,11 @@ class Trainer:
     def __init__(self, cfg: TrialConfig | dict, data: Data | None = None):
         cfg = cfg if isinstance(cfg, TrialConfig) else TrialConfig.build(cfg, owner="trial")
         self.algo_cls: type[Algorithm] = get_algorithm(cfg.algo)
-        self.spec = DATASETS.get(cfg.dataset)
+        self.dataset_entry = DATASETS.get(cfg.dataset)  # the registered dataset (its default network)
         self.tc = TrainConfig.build(cfg.train, owner="training", refuse_inactive=True)
         params = self.algo_cls.Params.build(cfg.params, owner=cfg.algo, refuse_inactive=True)
         self.device = resolve_device(cfg.device)
-        network = cfg.network or self.spec.default_network
+        network = cfg.network or self.dataset_entry.default_network
         self.cfg = cfg.model_copy(update={"network": network})
         self.resolved = {
             **self.cfg.model_dump(exclude={"train", "params"}),
@@ -116,7 +102,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best = {"val_acc": -1.0, "epoch": 0, "test_acc": float("nan")}
         self.bad_epochs = 0
-        self.status, self.stop_reason = "running", None
+        self.status, self.stop_reason = RUNNING, None
         self.train_seconds = 0.0
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -174,9 +160,9 @@ class Trainer:
         row = {
             "epoch": self.epoch, "updates": self.updates, **train,
             "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-            **{f"flops_{p}": flops[p] for p in PHASES},
+            **{f"flops_{p}": flops[p] for p in COST_PHASES},
         }
-        row["flops_total"] = sum(row[f"flops_{p}"] for p in PHASES)
+        row["flops_total"] = sum(row[f"flops_{p}"] for p in COST_PHASES)
         row["wall_time_s"] = self.train_seconds
         cost = self.meter.summary()
         row["seconds_per_update"] = cost["seconds_per_update"]
@@ -189,7 +175,7 @@ class Trainer:
         """Alignment with bp and the algorithm's diagnostics, off the training path."""
         meter, self.algo.meter = self.algo.meter, NullMeter()
         try:
-            out = {f"angle_l{i + 1}": a for i, a in enumerate(alignment_angles(self.algo, *self.probe))}
+            out = {f"{ANGLE_PREFIX}{i + 1}": a for i, a in enumerate(alignment_angles(self.algo, *self.probe))}
             out.update(self.algo.diagnostics(*self.probe))
         finally:
             self.algo.meter = meter
@@ -218,14 +204,15 @@ class Trainer:
         if out_dir is not None and (out_dir / CHECKPOINT).exists():
             self.load_checkpoint(out_dir / CHECKPOINT)
             print(f"resuming {self.cfg.algo} from epoch {self.epoch} ({out_dir})", file=log)
-            if self.status == "running" and (out_dir / "summary.json").exists():
-                (out_dir / "summary.json").unlink()  # training continues: the old summary is stale
+            if self.status == RUNNING and (out_dir / SUMMARY_JSON).exists():
+                (out_dir / SUMMARY_JSON).unlink()  # training continues: the old summary is stale
         if out_dir is not None:
-            store.write_json(out_dir / "config.json", self.resolved)
-        if self.epoch == 0 and self.status == "running":
+            store.write_json(out_dir / CONFIG_JSON, self.resolved)
+        if self.epoch == 0 and self.status == RUNNING:
             self._pretrain()
         self._clock = (time.monotonic(), self.epoch)  # progress: elapsed and ETA of this run
-        while self.status == "running":
+        summary = None
+        while self.status == RUNNING:
             if self.epoch >= self.tc.epochs:
                 self.status, self.stop_reason = "ok", "max_epochs"
                 break
@@ -236,13 +223,13 @@ class Trainer:
             self._update_stopping(row)
             print(self._progress(row), file=log, flush=True)
             if out_dir is not None:
-                self.save(out_dir)
+                summary = self.save(out_dir)  # the trial's files, summary.json included once it has ended
             if on_epoch is not None:
                 on_epoch(row, self)
-        summary = self.summary()
-        if out_dir is not None:
-            self.save(out_dir)
-            store.write_json(out_dir / "summary.json", summary)
+        if summary is None:
+            summary = self.summary()
+            if out_dir is not None:
+                self.save(out_dir, summary)
         return summary
 
     def _update_stopping(self, row: dict) -> None:
@@ -275,7 +262,9 @@ class Trainer:
                 f"elapsed {clock(elapsed)}  ETA ≤ {clock(eta)}")
 
     # ------------------------------------------------------------------ results
-    def summary(self) -> dict:
+    def summary(self, env: bool = True) -> dict:
+        """The trial summary (``summary.json``); ``env=False`` leaves out the environment (package
+        versions, git state, device), which a summary rebuilt from a checkpoint records afresh."""
         cost = self.meter.summary()
         last = self.history[-1] if self.history else {}
         out = {
@@ -292,26 +281,38 @@ class Trainer:
             out["target_acc"] = self.cfg.target_acc
             out["updates_to_target"] = hit["updates"] if hit else None
             out["flops_to_target"] = hit["flops_total"] if hit else None
-        diag_keys = [k for k in last if k not in _BASE_COLUMNS and not k.startswith("angle_l")]
+        diag_keys = [k for k in last if is_diagnostic(k)]
         out["diagnostics"] = {k: last[k] for k in diag_keys}
         out.update({k: last[k] for k in diag_keys})
-        out["angles"] = {k: v for k, v in last.items() if k.startswith("angle_l")}
+        out["angles"] = {k: v for k, v in last.items() if k.startswith(ANGLE_PREFIX)}
         out["config"] = self.resolved
         out["algorithm"] = self.algo_cls.spec()
+        out["report_labels"] = dict(self.algo_cls.report_labels)
         out["plausibility"] = self.algo.plausibility().to_dict()
         out["dataset_fingerprint"] = self.data.fingerprint
         out["dataset_info"] = self.data.info
-        out["env"] = environment(self.device)
+        if env:
+            out["env"] = environment(self.device)
         return out
 
     def epochs_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.history)
 
-    def save(self, out_dir: Path) -> None:
-        store.write_csv(out_dir / "epochs.csv", self.epochs_frame())
-        store.save_torch(out_dir / CHECKPOINT, self.checkpoint())
+    def save(self, out_dir: Path, summary: dict | None = None) -> dict | None:
+        """Write the trial's files: ``epochs.csv``, the checkpoint (with the summary as of now, so that it
+        can be rebuilt without data) and, once the trial has ended, ``summary.json`` (before anyone is
+        told of the epoch); return that summary (None while running)."""
+        summary = summary if summary is not None else self.summary(env=False)
+        store.write_csv(out_dir / EPOCHS_CSV, self.epochs_frame())
+        store.save_torch(out_dir / CHECKPOINT, self.checkpoint({k: v for k, v in summary.items() if k != "env"}))
+        if self.status == RUNNING:
+            return None
+        if "env" not in summary:
+            summary = {**summary, "env": environment(self.device)}
+        store.write_json(out_dir / SUMMARY_JSON, summary)
+        return summary
 
-    def checkpoint(self) -> dict:
+    def checkpoint(self, summary: dict | None = None) -> dict:
         return {
             "config": self.resolved, "epoch": self.epoch, "updates": self.updates, "history": self.history,
             "best": self.best, "bad_epochs": self.bad_epochs, "status": self.status, "stop_reason": self.stop_reason,
@@ -320,12 +321,14 @@ class Trainer:
             "algo": self.algo.extra_state(), "algo_gen": self.algo.gen.get_state(),
             "data_gen": self.data_gen.get_state(), "meter": self.meter.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            # so that a summary can be rebuilt without data or network (summary_from_checkpoint)
+            "summary": summary if summary is not None else self.summary(env=False),
         }
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore from ``path``, read as data only (``store.load_torch``); anything else is refused."""
         ck = store.load_torch(path, map_location=self.device)
-        missing = sorted(set(self.checkpoint()) - set(ck)) if isinstance(ck, dict) else [f"all ({type(ck).__name__})"]
+        missing = sorted(set(REQUIRED_CHECKPOINT_KEYS) - set(ck)) if isinstance(ck, dict) else [f"all ({type(ck).__name__})"]
         if missing:
             raise CreditbenchError(f"{path}: not a creditbench checkpoint (missing: {', '.join(missing)}); "
                                    "use another --out directory")
@@ -339,7 +342,7 @@ class Trainer:
         self.best, self.bad_epochs = ck["best"], ck["bad_epochs"]
         self.status, self.stop_reason = ck["status"], ck["stop_reason"]
         if self.status == "ok" and self.epoch < self.tc.epochs and self.stop_reason == "max_epochs":
-            self.status, self.stop_reason = "running", None  # more epochs were asked for
+            self.status, self.stop_reason = RUNNING, None  # more epochs were asked for
         self.train_seconds, self.meter.pretrain_flops = ck["train_seconds"], ck["pretrain_flops"]
         self.net.load_state_dict(ck["net"])
         self.optimizer.load_state_dict(ck["optimizer"])
@@ -350,11 +353,26 @@ class Trainer:
         torch.set_rng_state(ck["torch_rng"])
 
 
-_BASE_COLUMNS = {
-    "epoch", "updates", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-    "flops_forward", "flops_credit", "flops_feedback", "flops_total", "wall_time_s", "seconds_per_update",
-    "peak_memory_bytes",
-}
+def summary_from_checkpoint(path: Path, *, status: str, stop_reason: str) -> dict:
+    """The summary of a trial that did not end by itself (a scheduler stopped it, or it failed), from
+    its checkpoint alone: no dataset is loaded and no network built. A trial the checkpoint shows
+    still running gets ``status`` and ``stop_reason``; one that had ended keeps its own."""
+    ck = store.load_torch(Path(path), map_location="cpu")
+    if not isinstance(ck, dict) or not isinstance(ck.get("summary"), dict):
+        raise CreditbenchError(f"{path}: not a creditbench checkpoint (no summary)")
+    summary = dict(ck["summary"])
+    if summary["status"] == RUNNING:
+        summary.update(status=status, stop_reason=stop_reason)
+    summary["env"] = environment(torch.device("cpu"))
+    return summary
+
+
+def trial_history(path: Path) -> list[dict]:
+    """The per-epoch rows a checkpoint holds (``epochs.csv`` of the trial, as the trainer made them)."""
+    ck = store.load_torch(Path(path), map_location="cpu")
+    if not isinstance(ck, dict) or not isinstance(ck.get("history"), list):
+        raise CreditbenchError(f"{path}: not a creditbench checkpoint (no history)")
+    return ck["history"]
 
 
 def run_trial(cfg: TrialConfig | dict, out_dir: Path | None = None, **kwargs) -> dict:

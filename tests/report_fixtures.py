@@ -1,7 +1,7 @@
 """Real results directories for the report tests: tiny two-phase sweeps run with the real trainer.
 
 Until ``creditbench sweep`` writes them, these stand in for a sweep's output: every number comes
-from a real trial (``harness.train.Trainer`` on digits), flattened with ``harness.results``'
+from a real trial (``harness.train.Trainer`` on digits), flattened with ``harness.schema``'
 ``trial_row``/``epoch_rows`` exactly as a sweep does. Search configurations are sampled from the
 declared search spaces; the final phase takes each algorithm's best search configuration (by
 validation accuracy) over several seeds.
@@ -28,7 +28,7 @@ from harness.algorithm import output_error
 from harness.datasets import load_dataset
 from harness.hparams import TrainConfig
 from harness.registry import ALGORITHMS, get_algorithm, register_algorithm
-from harness.results import epoch_rows, trial_row
+from harness.schema import epoch_rows, trial_row
 from harness.train import Trainer
 
 DATASET = "digits"
@@ -142,26 +142,23 @@ def run_sweep(data, algos, *, search_configs=3, seeds=(0, 1, 2), search_train=No
 
 
 def spec_for(algos, *, seeds, search_configs, search_train, final_train, network=NETWORK) -> dict:
-    """A plausible resolved sweep spec with per-algorithm search spaces."""
+    """A resolved sweep spec as a sweep writes it (spec.yaml): per-algorithm search spaces."""
     return {
         "name": "report-fixture",
         "dataset": DATASET,
         "network": network,
+        "algorithms": list(algos),
         "seeds": list(seeds),
-        "search": {"num_samples": search_configs, "metric": "val_acc", "mode": "max", "train": search_train},
-        "final": {"train": final_train},
-        "algorithms": {
-            a: {"search_space": {**TrainConfig.search_space(), **get_algorithm(a).Params.search_space()}}
-            for a in algos
-        },
+        "budgets": {"search_trials": search_configs, "search_epochs": search_train["epochs"],
+                    "final_epochs": final_train["epochs"]},
+        "search_spaces": {a: {**TrainConfig.search_space(), **get_algorithm(a).Params.search_space()} for a in algos},
     }
 
 
 def env_for(summary: dict) -> dict:
-    return {"versions": summary["env"]["versions"], "git": summary["env"]["git"],
-            "device": summary["env"]["device"], "platform": summary["env"]["platform"],
-            "datasets": {summary["dataset"]: {"fingerprint": summary["dataset_fingerprint"],
-                                              **summary.get("dataset_info", {})}}}
+    env = summary["env"]
+    return {"versions": env["versions"], "git": env["git"], "device": env["device"], "platform": env["platform"],
+            "dataset": {"name": summary["dataset"], "fingerprints": {summary["dataset"]: summary["dataset_fingerprint"]}}}
 
 
 def write_results(out: Path, trials: pd.DataFrame, epochs: pd.DataFrame, spec: dict | None = None,

@@ -170,3 +170,19 @@ def test_resume_from_checkpoint_gives_same_metrics(name, digits, tmp_path):
     resumed.run(tmp_path, log=open("/dev/null", "w"))
     cols = [c for c in straight.epochs_frame().columns if c not in TIMING]
     assert resumed.epochs_frame()[cols].equals(straight.epochs_frame()[cols])
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_report_labels_name_exactly_the_diagnostics_reported(name):
+    """Every diagnostic key has a label (``*`` = the layer index) and every label names a reported key: a
+    renamed diagnostic would otherwise reach the report unlabelled, or a label would describe nothing."""
+    from fnmatch import fnmatchcase
+
+    net, algo = make(name, spec="mlp-3x16-tanh")
+    algo.step(*batch())
+    keys = set(algo.diagnostics(*batch(seed=1)))
+    labels = get_algorithm(name).report_labels
+    assert {k for k in keys if not any(fnmatchcase(k, pat) for pat in labels)} == set()
+    assert {pat for pat in labels if not any(fnmatchcase(k, pat) for k in keys)} == set()
+    for pat, meta in labels.items():
+        assert set(meta) == {"label", "unit"} and meta["label"] and meta["unit"], pat

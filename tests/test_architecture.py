@@ -39,14 +39,9 @@ DOCUMENTED_LAZY = {
     ("harness.registry", "harness.network_presets"):
         "registry.NETWORKS is the table harness.network_presets owns, imported on first access",
 }
-# broken rules in code the sweep half of issue 13 rewrites (planning without Ray; all argument parsing
-# in cli.py); each must still be broken (test below), so an entry goes when its fix lands
-PENDING = {
-    "import circle through an undocumented function-level import: harness.cli → harness.sweep → harness.cli":
-        "sweep's add_sweep_parser imports the CLI's dataset argument helpers: the parser moves into cli.py",
-    "harness.spec (core) imports ray": "Distribution.domain builds Ray Tune samplers: that moves to the sweep's "
-                                       "execution side",
-}
+# known broken rules awaiting a fix; each must still be broken (test below), so an entry goes when its
+# fix lands (the last two, sweep → cli and spec → ray, went with the planning/execution split)
+PENDING: dict[str, str] = {}  # violation -> the change that will fix it (empty: none known)
 # modules `creditbench list` imports (no torch at module level, directly or through others)
 TORCH_FREE = ("harness.cli", "harness.registry", "harness.names", "harness.errors", "harness.hparams",
               "harness.datasets", "harness.network_presets", "harness.scaffold", "algorithms")

@@ -244,7 +244,8 @@ def minimal_results(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--reference", "bpp"], "unknown reference algorithm (--reference) 'bpp' (did you mean 'bp'?); valid: bp, fa"),
+    (["--baseline", "bpp"], "unknown baseline algorithm (--baseline) 'bpp' (did you mean 'bp'?); valid: bp, fa"),
+    (["--reference", "bpp"], "unknown baseline algorithm (--baseline) 'bpp' (did you mean 'bp'?); valid: bp, fa"),
     (["--target", "150%"], "--target '150%' is not valid; use a percentage in (0, 100]%"),
     (["--target", "0%"], "--target '0%' is not valid"),
 ])
@@ -457,8 +458,9 @@ def test_extending_a_finished_trial_removes_its_stale_summary_and_orphans(digits
     def on_epoch(row, tr):
         seen.append(((tmp_path / "summary.json").exists(), orphan.exists()))
 
-    s = Trainer(tiny_trial("bp", train={"epochs": 2}), data=digits).run(tmp_path, on_epoch=on_epoch, log=quiet)
-    assert seen == [(False, False)] and s["epochs"] == 2
+    s = Trainer(tiny_trial("bp", train={"epochs": 3}), data=digits).run(tmp_path, on_epoch=on_epoch, log=quiet)
+    # the stale summary is gone while training continues; the trainer writes the new one with the last epoch
+    assert seen == [(False, False), (True, False)] and s["epochs"] == 3
     assert (tmp_path / "summary.json").is_file()
 
 

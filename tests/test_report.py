@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -70,7 +71,7 @@ def test_report_has_every_section_figure_and_table(dirs, main_report):
         assert f"\n{algo} & 3 & " in tex
     # provenance: spec, env facts and the dataset fingerprint
     env = json.loads((dirs["main"] / "env.json").read_text())
-    assert env["datasets"]["digits"]["fingerprint"] in text
+    assert env["dataset"]["fingerprints"]["digits"] in text
     assert "```yaml" in text and "search_space" in text
     assert "No trial diverged or failed." in text
 
@@ -210,7 +211,7 @@ def test_incompatible_protocol_is_refused(dirs, tmp_path):
 
 def test_different_dataset_fingerprints_are_refused(dirs, tmp_path):
     def edit(env):
-        env["datasets"]["digits"]["fingerprint"] = "0" * 16
+        env["dataset"]["fingerprints"]["digits"] = "0" * 16
         return env
 
     other = copy_dir(dirs["only_fa"], tmp_path / "fp", edit_env=edit)
@@ -295,3 +296,75 @@ def test_different_package_versions_are_flagged(dirs, tmp_path):
     warning = next(line for line in text.splitlines() if "different package versions" in line)
     assert warning.startswith("> **Warning") and f"torch {torch_version} (`only_bp`) vs 2.13.0 (`older`)" in warning
     assert "numpy" in warning and "ray" not in warning
+
+
+# ---------------------------------------------------------------------------- the baseline is one setting
+def test_every_table_follows_the_baseline(dirs, tmp_path):
+    """--baseline (formerly --reference) orders every table; the protocol table used to keep bp first."""
+    build_report([dirs["main"]], tmp_path, figures=False, baseline="fa")
+    for name in ("summary", "hyperparameters"):
+        assert pd.read_csv(tmp_path / "tables" / f"{name}.csv")["algo"].iloc[0] == "fa", name
+    protocol = pd.read_csv(tmp_path / "tables" / "protocol.csv")
+    assert list(protocol["algorithms"]) == ["fa, bp, fa_probe"] * len(protocol)
+    assert (pd.read_csv(tmp_path / "tables" / "summary.csv")["reference"] == "fa").all()
+
+
+def test_diagnostic_labels_come_from_the_results_not_the_algorithms(dirs, tmp_path):
+    from harness.report_data import diagnostic_labels
+
+    plain = load_results([dirs["main"]])
+    assert diagnostic_labels(plain) == {}  # nothing declared: the report shows the column names
+    copy = copy_dir(dirs["main"], tmp_path / "declared")
+    declared = {"fa_probe": {"diagnostics": {"contraction": {"label": "ρ", "unit": "ratio"},
+                                             "pinv_residual": {"label": "residual", "unit": "dimensionless"}}}}
+    (copy / "algorithms.json").write_text(json.dumps(declared))
+    labels = diagnostic_labels(load_results([copy]))
+    assert list(labels) == ["contraction", "pinv_residual"] and labels["contraction"] == {"label": "ρ", "unit": "ratio"}
+    from harness.report_figures import diagnostic_columns
+
+    assert diagnostic_columns(load_results([copy]).epochs, labels)[:2] == ["contraction", "pinv_residual"]
+    (copy / "algorithms.json").write_text("[1, 2]")
+    with pytest.raises(ResultsError) as exc:
+        load_results([copy])
+    assert "algorithms.json" in one_line_error(exc)
+
+
+@pytest.mark.parametrize("entry", [{"type": "loguniform", "low": 1e-4, "high": 1e-2},
+                                   {"kind": "loguniform", "lower": 1e-4, "upper": 1e-2},
+                                   {"kind": "choice", "categories": [1, 2]}, {"grid_search": [1, 2]}, [1, 2]])
+def test_search_spaces_in_spellings_the_harness_never_writes_are_refused(dirs, tmp_path, entry):
+    copy = copy_dir(dirs["only_bp"], tmp_path / "spelled")
+    spec = yaml.safe_load((copy / "spec.yaml").read_text())
+    spec["search_spaces"]["bp"]["lr"] = entry
+    (copy / "spec.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ResultsError) as exc:
+        build_report([copy], tmp_path / "out", figures=False)
+    assert "search_spaces.bp.lr" in one_line_error(exc) and "kind: loguniform" in one_line_error(exc)
+
+
+def test_declared_search_spaces_come_from_algorithms_json_without_a_spec(dirs, tmp_path):
+    from harness.report_data import search_space
+
+    copy = copy_dir(dirs["only_fa"], tmp_path / "nospec")
+    (copy / "spec.yaml").unlink()
+    (copy / "algorithms.json").write_text(json.dumps({"fa": {"diagnostics": {},
+                                                            "search_space": {"feedback_scale": {"kind": "choice",
+                                                                                                "values": [1, 2]}}}}))
+    results = load_results([copy])
+    space, origin = search_space(results, "fa", [results.sources[0].label])
+    assert origin == "declared defaults (algorithms.json)"
+    assert space["feedback_scale"] == {"kind": "choice", "values": [1, 2]} and "lr" in space
+
+
+def test_the_table_a_finished_sweep_prints():
+    from harness.report_tables import stage_table_text
+
+    trials = pd.DataFrame([{"phase": "search", "algo": "bp", "status": "ok", "test_acc": 0.5, "epochs": 3}]
+                          + [{"phase": "final", "algo": a, "status": st, "test_acc": acc, "epochs": 4}
+                             for a, st, acc in (("fa", "ok", 0.9), ("fa", "diverged", 0.8), ("bp", "ok", 0.95))])
+    text = stage_table_text(trials)
+    assert text.startswith("\nfinal phase: test accuracy at the best validation epoch\n")
+    lines = text.splitlines()
+    assert lines[3].split() == ["bp", "1", "1", "0.9500", "±", "-", "4.0"]
+    assert lines[4].split() == ["fa", "2", "1", "0.8500", "±", "0.0707", "4.0"]
+    assert stage_table_text(trials.iloc[0:0]) == ""

@@ -168,7 +168,7 @@ RESUME_DAMAGE = [
 @pytest.fixture
 def resumable(tmp_path):
     """spec.yaml and plan.json exactly as a sweep writes them before Ray starts (no Ray here)."""
-    from harness.sweep import SweepOptions, _write_plan, resolve
+    from harness.planning import SweepOptions, resolve, write_plan as _write_plan
 
     spec, plan = resolve(SweepOptions(spec=str(write_spec(tmp_path / "spec.yaml", seeds=2,
                                                           budgets={"search_trials": 2, "search_epochs": 1,

@@ -13,7 +13,7 @@ import yaml
 from harness import cli
 from harness.hparams import TrainConfig
 from harness.registry import get_algorithm
-from harness.results import EPOCH_KEYS, SUMMARY_METRICS, TRIAL_KEYS
+from harness.schema import EPOCH_KEYS, SUMMARY_METRICS, TRIAL_KEYS
 from harness.spec import parse_spec
 from harness.sweep import SweepOptions, new_sweep, resume_sweep, train_trial
 
