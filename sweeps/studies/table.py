@@ -2,11 +2,12 @@
 
 usage: .venv/bin/python sweeps/studies/table.py [results/studies/rfl-issue10] [--reference bp-s0]
 Prints, per trial: test accuracy (best-validation epoch), best validation accuracy, FLOPs per update
-(total, feedback) and wall time per update as ratios to the reference trial, feedback iterations per
-update, and the last epoch's rfl diagnostics (mean over layers l ≥ 2 of the angle of Q to W⁺ and to
-Wᵀ, max pseudoinverse residual, contraction) with the per-layer angle of the update to bp at epochs 1
-and last; then updates and FLOPs to reach the fa trials' mean best validation accuracy.
-Wall-time ratios are only meaningful when the trials ran on a quiet machine.
+(total, feedback) and as a ratio to the reference trial, feedback iterations per update, and the last
+epoch's rfl diagnostics (max pseudoinverse residual, contraction) with the per-layer angle of the
+update to bp at epochs 1 and last; then, for rfl trials, the last epoch's per-layer angles of Q_l to
+W_l⁺ and to W_lᵀ (layers 2 .. L); then updates and FLOPs to reach the fa trials' mean best validation
+accuracy. Wall time is not taken from these trials (they may share the machine): sweeps/studies/timing.py
+measures it as interleaved ratios.
 """
 
 from __future__ import annotations
@@ -27,14 +28,28 @@ def load(root: Path) -> dict[str, tuple[dict, pd.DataFrame]]:
     return out
 
 
-def _mean(row: pd.Series, prefix: str) -> float:
-    vals = [v for k, v in row.items() if k.startswith(prefix) and isinstance(v, float) and math.isfinite(v)]
-    return sum(vals) / len(vals) if vals else float("nan")
+def _per_layer(row: pd.Series, prefix: str) -> str:
+    """``prefix<l>`` columns of one epoch row, in layer order, as a/b/c (degrees, rounded)."""
+    n = len(prefix)
+    cols = sorted((c for c in row.index if c.startswith(prefix) and c[n:].isdigit()), key=lambda c: int(c[n:]))
+    return "/".join(f"{row[c]:.0f}" for c in cols if isinstance(row[c], float) and math.isfinite(row[c]))
 
 
 def _angles(row: pd.Series) -> str:
-    cols = sorted((c for c in row.index if c.startswith("angle_l") and c[7:].isdigit()), key=lambda c: int(c[7:]))
-    return "/".join(f"{row[c]:.0f}" for c in cols)
+    return _per_layer(row, "angle_l")
+
+
+def feedback_table(trials) -> pd.DataFrame:
+    rows = []
+    for name, (s, ep) in trials.items():
+        last = ep.iloc[-1]
+        if "angle_q_pinv_l2" in last.index:
+            rows.append({"trial": name, "∠Q,W⁺ l=2..L": _per_layer(last, "angle_q_pinv_l"),
+                         "∠Q,Wᵀ l=2..L": _per_layer(last, "angle_q_wt_l"),
+                         "residual l=2..L": "/".join(f"{last[f'pinv_residual_l{j}']:.3f}"
+                                                     for j in range(2, 100) if f"pinv_residual_l{j}" in last.index),
+                         "feedback age": last.get("feedback_age", float("nan"))})
+    return pd.DataFrame(rows)
 
 
 def trial_table(trials, reference: str) -> pd.DataFrame:
@@ -49,9 +64,7 @@ def trial_table(trials, reference: str) -> pd.DataFrame:
             "flops/upd (M)": flops.get("total", float("nan")) / 1e6,
             "x bp flops": flops.get("total", float("nan")) / ref["flops_per_update"]["total"],
             "feedback (M)": flops.get("feedback", float("nan")) / 1e6,
-            "x bp time": s["seconds_per_update"] / ref["seconds_per_update"],
             "fb iters/upd": last.get("feedback_iters_per_update", float("nan")),
-            "∠Q,W⁺": _mean(last, "angle_q_pinv_l"), "∠Q,Wᵀ": _mean(last, "angle_q_wt_l"),
             "pinv res": last.get("pinv_residual", float("nan")), "ρ": last.get("contraction", float("nan")),
             "∠bp ep1": _angles(first), "∠bp last": _angles(last),
         })
@@ -78,6 +91,8 @@ def main() -> None:
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 30)
     print(trial_table(trials, args.reference).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print()
+    print(feedback_table(trials).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     fa = [s["best_val_acc"] for n, (s, _) in trials.items() if n.startswith("fa-")]
     if fa:
         print()
