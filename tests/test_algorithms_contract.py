@@ -186,3 +186,16 @@ def test_report_labels_name_exactly_the_diagnostics_reported(name):
     assert {pat for pat in labels if not any(fnmatchcase(k, pat) for k in keys)} == set()
     for pat, meta in labels.items():
         assert set(meta) == {"label", "unit"} and meta["label"] and meta["unit"], pat
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_every_update_kind_is_in_the_update_mix(name, digits):
+    """The cost meter amortises each kind of update by its share in ``update_mix()``: an update whose
+    kind is not in the mix would have its cost left out of the per-update figures."""
+    net, algo = make(name)
+    algo.pretrain(digits, 32)
+    mix = algo.update_mix()
+    assert mix and all(w >= 0 for w in mix.values()) and sum(mix.values()) > 0
+    for _ in range(3):
+        assert algo.update_kind() in mix
+        algo.step(*batch())

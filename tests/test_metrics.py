@@ -120,3 +120,44 @@ def test_gauss_newton_directions_equal_a_per_example_oracle(relative):
         want[j - 1] = torch.stack(rows).t() @ inputs[j - 1]
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_gauss_newton_directions_on_leaky_relu_equal_a_per_example_oracle():
+    """Three leaky-ReLU hidden layers of one width, so that f′ read from the wrong layer's a (same shape)
+    or from h (leaky-ReLU's f′ needs a) gives other numbers; J_j by autograd on the equations written out."""
+    from harness.metrics import gauss_newton_directions
+
+    slope = 0.01  # harness.networks.LeakyReLU.slope, restated
+    net = build_network("mlp-3x6-leaky-relu", (4,), 3, generator=torch.Generator().manual_seed(4)).double()
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g)
+    f = lambda a: torch.where(a > 0, a, slope * a)  # noqa: E731
+    fprime = lambda a: torch.where(a > 0, 1.0, torch.full_like(a, slope))  # noqa: E731
+    chain = lambda j, s, a, h: s * torch.where(a > 0, 1.0, torch.full_like(a, slope))  # noqa: E731
+    got = gauss_newton_directions(net, x, y, damping=0.05, relative=False, carry=chain)
+    W = [layer.weight.detach() for layer in net.layers]
+    b = [layer.bias.detach() for layer in net.layers]
+    hs, as_ = [x], []
+    for j in range(4):
+        as_.append(hs[-1] @ W[j].t() + b[j])
+        hs.append(f(as_[-1]) if j < 3 else as_[-1])
+    e = (torch.softmax(as_[-1], 1) - torch.nn.functional.one_hot(y, 3)) / len(y)
+
+    def above(j):  # h_j → logits through layers j .. 3
+        def fn(h):
+            for i in range(j, 4):
+                h = W[i] @ h + b[i]
+                h = f(h) if i < 3 else h
+            return h
+        return fn
+
+    want = [None, None, None, e.t() @ hs[3]]
+    for j in (3, 2, 1):
+        rows = []
+        for i in range(len(y)):
+            jac = torch.autograd.functional.jacobian(above(j), hs[j][i])
+            s = jac.t() @ torch.linalg.pinv(jac @ jac.t() + 0.05 * torch.eye(3, dtype=torch.float64)) @ e[i]
+            rows.append(s * fprime(as_[j - 1][i]))
+        want[j - 1] = torch.stack(rows).t() @ hs[j - 1]
+    for a, w in zip(got, want, strict=True):
+        torch.testing.assert_close(a, w, rtol=1e-9, atol=1e-12)

@@ -153,15 +153,24 @@ def test_transpose_feedback_with_chain_is_bp_bit_for_bit():
         assert torch.equal(layer.bias.grad, g)
 
 
-def explicit_update(net, qts, x, y, propagation, beta):
+SLOPE = 0.01  # leaky-ReLU's negative slope (harness.networks.LeakyReLU), restated
+
+
+def explicit_update(net, qts, x, y, propagation, beta, act="tanh"):
     """The credit rule written out as a per-layer loop (float64; shares no code with the plugin):
-    δa_top = −β n e, Δh_j = Q_j δa_j, δa_{j−1} by the propagation, ∇W_j = −δa_j h_jᵀ / (β n)."""
+    δa_top = −β n e, Δh_j = Q_j δa_j, δa_{j−1} by the propagation, ∇W_j = −δa_j h_jᵀ / (β n).
+    Hidden activation ``tanh`` or ``leaky-relu`` (f′ and f⁻¹ read a and h respectively)."""
+    tanh = act == "tanh"
+    f = torch.tanh if tanh else (lambda a: torch.where(a > 0, a, SLOPE * a))
+    fprime = (lambda a, h: 1 - h * h) if tanh else (lambda a, h: torch.where(a > 0, 1.0, torch.full_like(a, SLOPE)))
+    finv = ((lambda h: torch.atanh(h.clamp(-1 + 1e-6, 1 - 1e-6))) if tanh
+            else (lambda h: torch.where(h > 0, h, h / SLOPE)))
     with torch.no_grad():
         hs, as_ = [x.double()], []
         for layer in net.layers:
             a = hs[-1] @ layer.weight.double().t() + layer.bias.double()
             as_.append(a)
-            hs.append(torch.tanh(a) if layer is not net.layers[-1] else a)
+            hs.append(f(a) if layer is not net.layers[-1] else a)
         n = len(y)
         p = torch.softmax(as_[-1], 1)
         e = (p - torch.nn.functional.one_hot(y, p.shape[1]).double()) / n
@@ -174,11 +183,11 @@ def explicit_update(net, qts, x, y, propagation, beta):
             dh = da @ qts[j].double()  # Q_j δa (Qt stored as W's shape)
             h, a = hs[j], as_[j - 1]
             if propagation == "inverse":
-                da = torch.atanh((h + dh).clamp(-1 + 1e-6, 1 - 1e-6)) - a
+                da = finv(h + dh) - a
             elif propagation == "linearized":
-                da = dh / (1 - h * h).clamp_min(1e-6)
+                da = dh / fprime(a, h).clamp_min(1e-6)
             else:
-                da = dh * (1 - h * h)
+                da = dh * fprime(a, h)
         return grads
 
 
@@ -200,6 +209,24 @@ def test_carries_on_tanh_match_an_explicit_loop(propagation, beta):
     # the modes really differ on tanh (so the comparison is not vacuous)
     other = explicit_update(net, qts, x, y, "chain" if propagation != "chain" else "linearized", 1.0)
     assert not torch.allclose(other[0], want[0], rtol=1e-2)
+
+
+@pytest.mark.parametrize("propagation", ["chain", "inverse", "linearized"])
+def test_carries_on_leaky_relu_match_an_explicit_loop(propagation):
+    """As above on leaky-ReLU, whose f′ reads a (tanh's reads h): a carry handed the wrong one fails."""
+    net = build_network("mlp-3x10-leaky-relu", (5,), 4, generator=torch.Generator().manual_seed(0)).double()
+    x, y = batch(n=24, k=4)
+    x = x.double()
+    algo = RFL(net, {"propagation": propagation, **({"beta": 0.3} if propagation == "inverse" else {})})
+    g = torch.Generator().manual_seed(9)
+    qts = {j: 0.4 * torch.randn(net.layers[j].weight.shape, generator=g, dtype=torch.float64) for j in range(1, 4)}
+    set_feedback(algo, qts)
+    algo.compute_update(x, y)
+    want = explicit_update(net, qts, x, y, propagation, 0.3 if propagation == "inverse" else 1.0, act="leaky-relu")
+    for layer, w in zip(net.layers, want):
+        torch.testing.assert_close(layer.weight.grad, w, rtol=1e-9, atol=1e-12)
+    tanh_rule = explicit_update(net, qts, x, y, propagation, 0.3 if propagation == "inverse" else 1.0)
+    assert not torch.allclose(tanh_rule[0], want[0], rtol=1e-2)
 
 
 def test_beta_is_per_example_so_inverse_updates_do_not_depend_on_batch_size():

@@ -155,6 +155,8 @@ def test_diagnostics_equal_an_independent_computation(opts):
 
 @pytest.mark.parametrize("opts, steps, per_update, age", [
     ({"feedback_iters": 3}, 4, 3.0, 1.0),                                   # k before each update
+    ({"feedback_iters": 3}, 1, 3.0, 1.0),                                   # after the first update
+    ({"schedule": "sleep_wake", "sleep_every": 3, "feedback_iters": 5}, 2, 5 / 2, 2.0),  # the first wake phase
     ({"feedback": "exact"}, 4, 1.0, 1.0),                                    # one SVD per phase
     ({"schedule": "sleep_wake", "sleep_every": 3, "feedback_iters": 5}, 4, 10 / 4, 1.0),  # sleeps before 1st, 4th
     ({"schedule": "sleep_wake", "sleep_every": 3, "feedback_iters": 5}, 6, 10 / 6, 3.0),
@@ -201,3 +203,171 @@ def test_checkpoint_of_every_feedback_learner_resumes_bit_for_bit(opts):
     for j in algo.learner.Qt:
         assert torch.equal(algo.feedback_for_credit[j], other.feedback_for_credit[j])
     assert (algo.updates, algo.fb_iters, algo.feedback_age) == (other.updates, other.fb_iters, other.feedback_age)
+
+
+# --------------------------------------------------------------------------- the feedback learners, replayed
+POWER_WARMUP, SIGMA_EMA = 20, 0.9  # the documented constants (algorithms/rfl.py), restated
+
+
+def unit(x):
+    return x / x.norm()
+
+
+def replay_recirculation(net, hp_: dict, seed: int, iters: int):
+    """The recirculation learner written out from its equations, drawing the same random numbers in the
+    same order (generator seeded as the algorithm's): σ̂ estimation, prime, then one phase of ``iters``."""
+    g = torch.Generator().manual_seed(seed)
+    Ws = {j: layer.weight.detach() for j, layer in enumerate(net.layers) if j >= 1}
+    relative, normalized = hp_["damping_mode"] == "relative", hp_["eta_q_mode"] == "normalized"
+    needs_sigma, power = normalized or relative, hp_["sigma_source"] == "power"
+    if power:
+        r = {j: unit(torch.randn(1, w.shape[1], generator=g, dtype=w.dtype)) for j, w in Ws.items()}
+    else:
+        r = {j: unit(torch.randn(w.shape[0], generator=g, dtype=w.dtype)) for j, w in Ws.items()}
+    s2 = {j: torch.zeros((), dtype=w.dtype) for j, w in Ws.items()}
+    seen = {j: False for j in Ws}
+
+    def noise(j):
+        v = torch.randn(hp_["noise_batch"], Ws[j].shape[1], generator=g, dtype=Ws[j].dtype)
+        return v, v @ Ws[j].t()
+
+    def sigma_step(j, u):
+        if power:  # σ̂² = ‖W r‖², r ← WᵀW r / ‖·‖
+            q = r[j] @ Ws[j].t()
+            s2[j] = (q * q).sum()
+            r[j] = unit(q @ Ws[j])
+            return
+        u = noise(j)[1] if u is None else u
+        q = u @ r[j]
+        est = (q * q).sum() / u.shape[0]
+        r[j] = unit(q @ u)
+        s2[j] = SIGMA_EMA * s2[j] + (1 - SIGMA_EMA) * est if seen[j] else est
+        seen[j] = True
+
+    def lam(j):
+        return hp_["damping"] * s2[j] if relative else hp_["damping"]
+
+    if needs_sigma:
+        for _ in range(POWER_WARMUP):
+            for j in Ws:
+                sigma_step(j, None)
+    Q = {j: torch.zeros_like(w) for j, w in Ws.items()}  # kept transposed (W's shape)
+    if hp_["init_scale"] > 0:
+        for j, w in Ws.items():
+            if not needs_sigma:
+                s2[j] = torch.linalg.svdvals(w)[0] ** 2
+            Q[j] = w * hp_["init_scale"] / (s2[j] + lam(j))
+    avg = {j: q.clone() for j, q in Q.items()} if hp_["polyak"] > 0 else None
+    primed = {j: q.clone() for j, q in Q.items()}
+    for it in range(iters):
+        for j, w in Ws.items():
+            v, u = noise(j)
+            if needs_sigma:
+                sigma_step(j, u)
+            eta = hp_["eta_q"] / (s2[j] + lam(j)) if normalized else hp_["eta_q"]
+            eta = eta / (1 + hp_["eta_q_decay"] * it)
+            v_hat = u @ Q[j]  # rows: v̂ = Q u
+            Q[j] = Q[j] + eta * ((v - v_hat).t() @ u).t() / v.shape[0] - eta * lam(j) * Q[j]
+            if avg is not None:
+                avg[j] = hp_["polyak"] * avg[j] + (1 - hp_["polyak"]) * Q[j]
+    return primed, Q, avg, s2
+
+
+@pytest.mark.parametrize("opts", [
+    {"feedback_iters": 3},
+    {"feedback_iters": 4, "eta_q_decay": 0.5, "polyak": 0.9},
+    {"feedback_iters": 3, "polyak": 0.0, "eta_q_mode": "fixed", "eta_q": 0.05, "damping_mode": "absolute",
+     "damping": 0.05},
+    {"feedback_iters": 3, "eta_q_mode": "fixed", "eta_q": 0.05},  # relative damping alone needs σ̂
+    {"feedback_iters": 2, "damping_mode": "absolute", "damping": 0.2},  # normalized step alone needs σ̂
+    {"feedback_iters": 2, "sigma_source": "power", "init_scale": 0.5},
+    {"feedback_iters": 2, "init_scale": 0.7, "eta_q_mode": "fixed", "eta_q": 0.05, "damping_mode": "absolute",
+     "damping": 0.1, "polyak": 0.5},  # Q₀ scaled by the exact σ_max²
+])
+def test_recirculation_prime_and_phase_equal_their_equations_replayed(opts):
+    net = build_network("mlp-3x6-tanh", SHAPE, CLASSES, generator=torch.Generator().manual_seed(0)).double()
+    algo = RFL(net, opts, generator=torch.Generator().manual_seed(3))
+    primed, Q, avg, s2 = replay_recirculation(net, algo.hp.model_dump(), 3, opts["feedback_iters"])
+    algo.pretrain(None, 16)
+    for j in Q:
+        torch.testing.assert_close(algo.learner.Qt[j], primed[j], rtol=1e-12, atol=0)
+    algo.feedback_phase(opts["feedback_iters"])
+    for j in Q:
+        torch.testing.assert_close(algo.learner.Qt[j], Q[j], rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(algo.learner.sigma_max_sq[j], s2[j], rtol=1e-12, atol=0)
+        if avg is None:
+            assert algo.learner.Qt_avg is None and algo.feedback_for_credit[j] is algo.learner.Qt[j]
+        else:
+            torch.testing.assert_close(algo.feedback_for_credit[j], avg[j], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("opts", [{"feedback_iters": 3}, {"feedback_iters": 2, "damping_mode": "absolute",
+                                                          "damping": 0.3}])
+def test_newton_schulz_prime_and_phase_equal_their_equations_replayed(opts):
+    """Y₀ = I/(σ̂² + λ) from 20 power steps on WᵀW; Y ← 2Y − Y M Y on M = WWᵀ + λI (σ̂ re-estimated
+    each iteration under relative damping); Qᵀ = Yᵀ W."""
+    net = build_network("mlp-3x6-tanh", SHAPE, CLASSES, generator=torch.Generator().manual_seed(0)).double()
+    algo = RFL(net, {"feedback": "newton_schulz", **opts}, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    Ws = {j: layer.weight.detach() for j, layer in enumerate(net.layers) if j >= 1}
+    r = {j: unit(torch.randn(1, w.shape[1], generator=g, dtype=w.dtype)) for j, w in Ws.items()}
+    s2 = {}
+    relative = algo.hp.damping_mode == "relative"
+
+    def power(j):
+        q = r[j] @ Ws[j].t()
+        s2[j] = (q * q).sum()
+        r[j] = unit(q @ Ws[j])
+
+    for _ in range(POWER_WARMUP):
+        for j in Ws:
+            power(j)
+    lam = lambda j: algo.hp.damping * s2[j] if relative else algo.hp.damping  # noqa: E731
+    Y = {j: torch.eye(w.shape[0], dtype=w.dtype) / (s2[j] + lam(j)) for j, w in Ws.items()}
+    algo.pretrain(None, 16)
+    for j, w in Ws.items():
+        torch.testing.assert_close(algo.learner.Qt[j], Y[j].t() @ w, rtol=1e-12, atol=0)
+    for _ in range(opts["feedback_iters"]):
+        for j, w in Ws.items():
+            if relative:
+                power(j)
+            M = w @ w.t() + lam(j) * torch.eye(w.shape[0], dtype=w.dtype)
+            Y[j] = 2 * Y[j] - Y[j] @ M @ Y[j]
+    algo.feedback_phase(opts["feedback_iters"])
+    for j, w in Ws.items():
+        torch.testing.assert_close(algo.learner.Qt[j], Y[j].t() @ w, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("opts, notes", [
+    ({}, "recirculation of noise through W (local rule); σ_max from its own samples"),
+    ({"init_scale": 1.0}, "recirculation of noise through W (local rule): Q initialised from Wᵀ"),
+    ({"sigma_source": "power"}, "recirculation of noise through W (local rule): σ_max by power iteration on WᵀW"),
+    ({"sigma_source": "power", "init_scale": 0.5, "eta_q_mode": "fixed"},
+     "recirculation of noise through W (local rule): Q initialised from Wᵀ; σ_max by power iteration on WᵀW"),
+    ({"sigma_source": "power", "damping_mode": "absolute"},
+     "recirculation of noise through W (local rule): σ_max by power iteration on WᵀW"),
+    ({"feedback": "exact"}, "exact oracle: Q computed from W itself"),
+    ({"feedback": "newton_schulz"}, "newton_schulz oracle: Q computed from W itself"),
+])
+def test_plausibility_notes_name_every_read_of_w(opts, notes):
+    net = build_network("mlp-2x8-tanh", SHAPE, CLASSES)
+    p = RFL(net, opts).plausibility()
+    assert p.notes == notes
+    reads_w = "init_scale" in opts or "sigma_source" in opts or "feedback" in opts
+    assert p.weight_transport is reads_w and p.local is ("sigma_source" not in opts and "feedback" not in opts)
+
+
+@pytest.mark.parametrize("S, mix", [(1, {"sleep": 1.0}), (4, {"wake": 0.75, "sleep": 0.25}),
+                                    (100, {"wake": 0.99, "sleep": 0.01})])
+def test_sleep_wake_update_mix_is_one_sleep_per_period(S, mix):
+    net = build_network("mlp-2x8-tanh", SHAPE, CLASSES)
+    assert RFL(net, {"schedule": "sleep_wake", "sleep_every": S}).update_mix() == mix
+    assert RFL(net, {}).update_mix() == {"update": 1.0}
+
+
+def test_contraction_leaves_the_gradients_alone():
+    """A diagnostic: it must not write the update it computes into .grad."""
+    net, algo, x, y = trained({"feedback": "exact"}, steps=2)
+    net.zero_grad(set_to_none=True)
+    algo.contraction(x, y)
+    assert all(p.grad is None for p in net.parameters())

@@ -10,7 +10,9 @@ window of whole periods: `--updates` updates, raised to a multiple of `sleep_eve
 configurations, so the window holds exactly updates/S sleeps (the amortised mean, sleeps included).
 Configurations run one after another within a round, so machine load hits all of them alike; the
 figure is the median over rounds of each round's ratio to the reference, with the range.
-Single-threaded (torch.set_num_threads(1)), as each trial of a sweep.
+Single-threaded (torch.set_num_threads(1)), as each trial of a sweep. Each round also times
+``bare-pytorch-bp``: a plain PyTorch loop (nn.Sequential of the same shape, Adam, F.cross_entropy,
+loss.backward()) on the same tensors, the yardstick for the harness's own overhead.
 """
 
 from __future__ import annotations
@@ -58,6 +60,33 @@ def timed_window(trainer: Trainer, n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
+BARE = "bare-pytorch-bp"
+
+
+def bare_bp_window(data, n: int, batch: int = 128, width: int = 256, depth: int = 5) -> float:
+    """Mean wall seconds per update of a bare PyTorch bp loop (no harness code) over n updates."""
+    torch.manual_seed(0)
+    d_in, layers = data.x_train[0].numel(), []
+    for i in range(depth):
+        layers += [torch.nn.Linear(d_in if i == 0 else width, width), torch.nn.Tanh()]
+    net = torch.nn.Sequential(torch.nn.Flatten(), *layers, torch.nn.Linear(width, data.num_classes))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    perm = torch.randint(len(data.y_train), ((n + 1) * batch,))
+
+    def update(i: int) -> None:
+        idx = perm[i * batch:(i + 1) * batch]
+        loss = torch.nn.functional.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    update(0)
+    t0 = time.perf_counter()
+    for i in range(1, n + 1):
+        update(i)
+    return (time.perf_counter() - t0) / n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("list", nargs="?", default="sweeps/studies/rfl-issue10.txt", type=Path)
@@ -77,8 +106,14 @@ def main() -> None:
         raise SystemExit(f"error: unknown trial(s) {', '.join(unknown)}; the list has {', '.join(rows)}")
     data = load_dataset(DATASET)
     records = []
+    names.append(BARE)
     for r in range(args.rounds):
         for name in names:
+            if name == BARE:
+                records.append({"round": r, "trial": name, "updates": args.updates,
+                                "s_per_update": bare_bp_window(data, args.updates)})
+                print(f"round {r} {name:>18}: {records[-1]['s_per_update'] * 1e3:8.2f} ms/update", flush=True)
+                continue
             algo, seed, sets = rows[name]
             params = {k: v for k, v in sets.items()}
             trainer = Trainer({"algo": algo, "dataset": DATASET, "network": NETWORK, "seed": seed, "threads": 1,
