@@ -62,6 +62,49 @@ def test_flop_counter_counts_elementwise_work_only_when_asked(capsys):
     assert capsys.readouterr().out == ""  # display=False: no table printed
 
 
+def test_svd_with_unknown_outputs_counts_the_values_only_path():
+    from harness.cost import svd_flops
+
+    assert cost._svd([30, 20], out_shape=None) == svd_flops(30, 20, compute_uv=False)
+    assert cost._svd([2, 30, 20], out_shape=[]) == 2 * svd_flops(30, 20, compute_uv=False)
+    assert cost._svd([30, 20], out_shape=[[30, 20], [20], [20, 20]]) == svd_flops(30, 20)
+
+
+# ------------------------------------------------------------------ pre-training
+def test_pretraining_counts_every_flop_of_its_window_and_accumulates(clock):
+    meter = CostMeter(elementwise=False)
+    a, b = torch.randn(4, 8), torch.randn(8, 2)
+    with meter.pretraining():
+        a @ b  # 2·4·8·2 = 128, outside every phase
+        with meter.phase("forward"):
+            torch.tanh(a @ b)  # 128; tanh is elementwise, not counted with elementwise=False
+    assert meter.pretrain_flops == 256.0 and isinstance(meter.pretrain_flops, float)
+    with meter.pretraining():  # a second window adds to the first
+        a @ b
+    assert meter.pretrain_flops == 384.0
+    assert meter.kind_flops == {} and meter.updates_seen == 0  # pre-training is not an update
+    counted = CostMeter(elementwise=True)
+    with counted.pretraining():
+        torch.tanh(a @ b)  # 128 + 8
+    assert counted.pretrain_flops == 136.0
+
+
+def test_cumulative_flops_add_the_pretraining_to_feedback_only(clock):
+    meter = CostMeter(elementwise=False)
+    a, b = torch.randn(4, 8), torch.randn(8, 2)
+    with meter.pretraining():
+        a @ b
+    for _ in range(3):
+        with meter.update():
+            with meter.phase("forward"):
+                a @ b
+            with meter.phase("feedback"):
+                a @ b
+                a @ b
+    assert meter.pretrain_flops == 128.0
+    assert meter.cumulative_flops() == {"forward": 3 * 128.0, "credit": 0.0, "feedback": 3 * 256.0 + 128.0}
+
+
 # ------------------------------------------------------------------ wall time by phase
 def test_wall_time_by_phase_on_a_fake_clock(clock):
     meter = CostMeter(warmup=0, elementwise=False)
@@ -85,7 +128,9 @@ def test_wall_time_by_phase_on_a_fake_clock(clock):
     assert meter.phase_ns == {"update": {"forward": [14, 0], "credit": [20, 4], "feedback": [5, 0]}}
     s = meter.summary()
     assert s["seconds_per_update"] == pytest.approx(25e-9)
-    assert s["seconds_per_update_by_phase"] == pytest.approx({"forward": 7e-9, "credit": 12e-9, "feedback": 2.5e-9})
+    # abs=0: pytest's default absolute tolerance (1e-12) would swallow any error in nanosecond-sized values
+    assert s["seconds_per_update_by_phase"] == pytest.approx({"forward": 7e-9, "credit": 12e-9, "feedback": 2.5e-9},
+                                                             rel=1e-12, abs=0)
 
 
 def test_warmup_and_flop_counted_updates_are_not_timed(clock):
@@ -147,7 +192,7 @@ def test_summary_statistics():
     assert s["timed_updates"] == 5 and s["update_mix"] == {"wake": 0.8, "sleep": 0.2}
     assert s["seconds_per_update_by_phase"] == pytest.approx({"forward": 0.8 * 2.5e-9 + 0.2 * 5e-9,
                                                               "credit": 0.8 * 25e-9 + 0.2 * 50e-9,
-                                                              "feedback": 0.2 * 7e-9}, rel=1e-12)
+                                                              "feedback": 0.2 * 7e-9}, rel=1e-12, abs=0)
 
 
 def test_summary_before_any_timed_update():
