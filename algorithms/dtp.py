@@ -57,7 +57,8 @@ class DifferenceTargetProp(TargetProp):
     def plausibility(self):
         base = super().plausibility()
         if self.hp.penultimate == "gradient":  # Lee et al.: the top layer's W_Lᵀ carries the penultimate target
-            return replace(base, weight_transport=True, notes=base.notes + "; penultimate target through W_Lᵀ")
+            return replace(base, weight_transport=True, transport="values",
+                           notes=base.notes + "; penultimate target through W_Lᵀ")
         return base
 
     def inverse_layers(self):

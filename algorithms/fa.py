@@ -34,11 +34,18 @@ class FeedbackAlignment(Algorithm):
                             notes="fixed random feedback B_l, drawn independently of W")
 
     def setup(self):
-        self.B = []
-        for layer in self.net.layers[1:]:
-            w = layer.weight
-            bound = self.hp.feedback_scale * math.sqrt(6.0 / (layer.fan_in + layer.fan_out))
-            self.B.append((torch.rand(w.shape, generator=self.gen, device=w.device, dtype=w.dtype) * 2 - 1) * bound)
+        self.B = [self.glorot_like(layer, self.hp.feedback_scale) for layer in self.net.layers[1:]]
+
+    def glorot_like(self, layer, scale: float = 1.0) -> torch.Tensor:
+        """A fresh draw with W's shape from scale · Glorot-uniform (seeded by ``self.gen``)."""
+        w = layer.weight
+        bound = scale * math.sqrt(6.0 / (layer.fan_in + layer.fan_out))
+        return (torch.rand(w.shape, generator=self.gen, device=w.device, dtype=w.dtype) * 2 - 1) * bound
+
+    def feedback(self, l: int) -> torch.Tensor:
+        """The matrix (W_l's shape) that carries δ_l down to layer l−1 in place of W_l: B_l here; the
+        rules of the same family (sign symmetry, Kolen–Pollack, weight mirror) override only this."""
+        return self.B[l - 1]
 
     @torch.no_grad()
     def compute_update(self, x, y):
@@ -48,7 +55,7 @@ class FeedbackAlignment(Algorithm):
         with self.phase("credit"):
             layers = self.net.layers
             for l in range(len(layers) - 1, -1, -1):
-                feedback = self.B[l - 1] if l > 0 else None
+                feedback = self.feedback(l) if l > 0 else None
                 signal, gw, gb = layers[l].backward(delta, fw.h[l], feedback)
                 set_grad(layers[l].weight, gw)
                 set_grad(layers[l].bias, gb)

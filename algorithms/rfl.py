@@ -384,8 +384,9 @@ class ReciprocalFeedback(Algorithm):
         reads = learner.weight_reads(hp_)
         notes = "recirculation of noise through W (local rule)" + (
             ": " + "; ".join(what for what, _ in reads) if reads else "; σ_max from its own samples")
+        transport = "none" if not reads else "values" if any(nonlocal_ for _, nonlocal_ in reads) else "init"
         return Plausibility(weight_transport=bool(reads), local=not any(nonlocal_ for _, nonlocal_ in reads),
-                            phases=phases, feedback_learning=True, notes=notes)
+                            phases=phases, feedback_learning=True, notes=notes, transport=transport)
 
     # ------------------------------------------------------------------ state
     def setup(self):

@@ -68,6 +68,7 @@ class Capabilities:
 
 
 PHASE_KINDS = ("single", "two", "sleep_wake")
+TRANSPORT_KINDS = ("none", "values", "sign", "init")
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,9 @@ class Plausibility:
     """What one configuration of an algorithm does, as recorded in every trial summary.
 
     ``weight_transport``: any credit or feedback computation reads W (its values, its sign, or a
-    copy of it used to initialise feedback). ``local``: every weight update uses only its pre- and
+    copy of it used to initialise feedback); ``transport`` says which of these (``TRANSPORT_KINDS``:
+    ``none``, ``values``, ``sign``, ``init``; by default ``values`` when ``weight_transport`` and
+    ``none`` otherwise), so that sign-concordant feedback is not mistaken for full transport. ``local``: every weight update uses only its pre- and
     post-synaptic quantities and a broadcast signal. ``phases``: ``single`` (forward pass and credit
     signal, nothing else), ``two`` (a separate feedback-learning pass on every update) or
     ``sleep_wake`` (feedback learned in offline phases with the forward weights frozen).
@@ -86,10 +89,18 @@ class Plausibility:
     phases: Literal["single", "two", "sleep_wake"]
     feedback_learning: bool
     notes: str
+    transport: str = ""
 
     def __post_init__(self):
         if self.phases not in PHASE_KINDS:
             raise CreditbenchError(f"plausibility phases '{self.phases}': valid: {', '.join(PHASE_KINDS)}")
+        if not self.transport:
+            object.__setattr__(self, "transport", "values" if self.weight_transport else "none")
+        if self.transport not in TRANSPORT_KINDS:
+            raise CreditbenchError(f"plausibility transport '{self.transport}': valid: {', '.join(TRANSPORT_KINDS)}")
+        if (self.transport != "none") != self.weight_transport:
+            raise CreditbenchError(f"plausibility transport '{self.transport}' contradicts "
+                                   f"weight_transport={self.weight_transport}")
         if not self.notes or "\n" in self.notes:
             raise CreditbenchError("plausibility notes must be one non-empty line")
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from harness.algorithm import Plausibility
+from harness.errors import CreditbenchError
 from harness.networks import build_network
 from harness.registry import get_algorithm
 
@@ -423,16 +424,16 @@ def test_diagnostics_are_the_inverses_relative_reconstruction_errors(name, param
 
 # ------------------------------------------------------------------ what each configuration declares
 PLAUSIBILITY = [
-    ("bp", {}, dict(weight_transport=True, local=False, phases="single", feedback_learning=False)),
-    ("fa", {}, dict(weight_transport=False, local=True, phases="single", feedback_learning=False)),
-    ("tp", {}, dict(weight_transport=False, local=True, phases="two", feedback_learning=True)),
-    ("tp", {"inverse": "exact"}, dict(weight_transport=True, local=True, phases="single", feedback_learning=False)),
-    ("dtp", {}, dict(weight_transport=True, local=True, phases="two", feedback_learning=True)),
-    ("dtp", {"penultimate": "inverse"}, dict(weight_transport=False, local=True, phases="two",
+    ("bp", {}, dict(weight_transport=True, transport="values", local=False, phases="single", feedback_learning=False)),
+    ("fa", {}, dict(weight_transport=False, transport="none", local=True, phases="single", feedback_learning=False)),
+    ("tp", {}, dict(weight_transport=False, transport="none", local=True, phases="two", feedback_learning=True)),
+    ("tp", {"inverse": "exact"}, dict(weight_transport=True, transport="values", local=True, phases="single", feedback_learning=False)),
+    ("dtp", {}, dict(weight_transport=True, transport="values", local=True, phases="two", feedback_learning=True)),
+    ("dtp", {"penultimate": "inverse"}, dict(weight_transport=False, transport="none", local=True, phases="two",
                                              feedback_learning=True)),
     ("dtp", {"inverse": "exact", "penultimate": "inverse"},
-     dict(weight_transport=True, local=True, phases="single", feedback_learning=False)),
-    ("dtp", {"inverse": "exact"}, dict(weight_transport=True, local=True, phases="single", feedback_learning=False)),
+     dict(weight_transport=True, transport="values", local=True, phases="single", feedback_learning=False)),
+    ("dtp", {"inverse": "exact"}, dict(weight_transport=True, transport="values", local=True, phases="single", feedback_learning=False)),
 ]
 NOTES = {
     "bp": "the backward pass reads every W_lᵀ (autograd)",
@@ -451,3 +452,16 @@ def test_plausibility_record_of_each_configuration(name, params, want):
     if name == "dtp" and params.get("penultimate", "gradient") == "gradient":
         notes += "; penultimate target through W_Lᵀ"
     assert p.notes == notes
+
+
+def test_plausibility_transport_kind_is_checked_against_weight_transport():
+    base = dict(local=True, phases="single", feedback_learning=False, notes="x")
+    assert Plausibility(weight_transport=True, **base).transport == "values"  # the default for True
+    assert Plausibility(weight_transport=False, **base).transport == "none"
+    assert Plausibility(weight_transport=True, transport="sign", **base).to_dict()["transport"] == "sign"
+    with pytest.raises(CreditbenchError, match=r"^plausibility transport 'sign' contradicts weight_transport=False$"):
+        Plausibility(weight_transport=False, transport="sign", **base)
+    with pytest.raises(CreditbenchError, match=r"^plausibility transport 'none' contradicts weight_transport=True$"):
+        Plausibility(weight_transport=True, transport="none", **base)
+    with pytest.raises(CreditbenchError, match=r"^plausibility transport 'copy': valid: none, values, sign, init$"):
+        Plausibility(weight_transport=True, transport="copy", **base)

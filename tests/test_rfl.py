@@ -485,18 +485,20 @@ def test_trial_records_amortised_mean_time_with_sleeps(digits):
 
 
 # --------------------------------------------------------------------------- plausibility and knobs
-@pytest.mark.parametrize("params,transport,local,phases,learning", [
-    ({}, False, True, "two", True),
-    ({"schedule": "sleep_wake"}, False, True, "sleep_wake", True),
-    ({"init_scale": 1.0}, True, True, "two", True),
-    ({"sigma_source": "power"}, True, False, "two", True),
-    ({"feedback": "exact"}, True, False, "two", False),
-    ({"feedback": "newton_schulz", "schedule": "sleep_wake"}, True, False, "sleep_wake", False),
+@pytest.mark.parametrize("params,transport,kind,local,phases,learning", [
+    ({}, False, "none", True, "two", True),
+    ({"schedule": "sleep_wake"}, False, "none", True, "sleep_wake", True),
+    ({"init_scale": 1.0}, True, "init", True, "two", True),
+    ({"sigma_source": "power"}, True, "values", False, "two", True),
+    ({"init_scale": 1.0, "sigma_source": "power"}, True, "values", False, "two", True),
+    ({"feedback": "exact"}, True, "values", False, "two", False),
+    ({"feedback": "newton_schulz", "schedule": "sleep_wake"}, True, "values", False, "sleep_wake", False),
 ])
-def test_plausibility_of_each_configuration(params, transport, local, phases, learning):
+def test_plausibility_of_each_configuration(params, transport, kind, local, phases, learning):
     net = build_network("mlp-2x8-tanh", (5,), 4)
     p = RFL(net, params).plausibility()
-    assert (p.weight_transport, p.local, p.phases, p.feedback_learning) == (transport, local, phases, learning)
+    assert (p.weight_transport, p.transport, p.local, p.phases, p.feedback_learning) == \
+        (transport, kind, local, phases, learning)
     assert p.notes
 
 

@@ -44,7 +44,8 @@ def expected_trial_columns(algos) -> set[str]:
     for a in algos:
         hps |= {f"hp.{k}" for k in get_algorithm(a).Params().active_dump()}
     flops = {"flops_per_update"} | {f"flops_per_update_{p}" for p in ("forward", "credit", "feedback")}
-    plaus = {f"plausibility.{k}" for k in ("weight_transport", "local", "phases", "feedback_learning", "notes")}
+    plaus = {f"plausibility.{k}" for k in ("weight_transport", "transport", "local", "phases", "feedback_learning",
+                                             "notes")}
     return set(TRIAL_KEYS) | set(SUMMARY_METRICS) | flops | hps | plaus | {"angle_l1", "angle_l2", "error"}
 
 
