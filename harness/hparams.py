@@ -7,10 +7,11 @@ rejected with a one-line :class:`~harness.errors.ConfigError`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.errors import ConfigError, UnknownNameError
 
@@ -198,6 +199,34 @@ class TrainConfig(HParams):
     min_delta: float = hp(0.0, "smallest improvement of validation accuracy that resets patience", ge=0, le=1)
     diverge_loss: float = hp(100.0, "a mean training loss above this (or non-finite) ends the trial as diverged", gt=0)
     init: Literal["glorot", "kaiming", "torch"] = hp("glorot", "weight initialisation (biases start at zero)")
+    lr_schedule: Literal["constant", "multistep", "cosine"] = hp(
+        "constant", "learning-rate schedule of the shared optimizer, set at the start of every epoch")
+    lr_milestones: str = hp("", "epochs (comma-separated, increasing) after which the learning rate is multiplied "
+                                "by lr_gamma", when={"lr_schedule": ("multistep",)})
+    lr_gamma: float = hp(0.1, "factor applied to the learning rate at each milestone", gt=0, le=1,
+                         when={"lr_schedule": ("multistep",)})
+
+    @field_validator("lr_milestones")
+    @classmethod
+    def _increasing_epochs(cls, value: str) -> str:
+        try:
+            epochs = [int(v) for v in value.split(",")] if value.strip() else []
+        except ValueError:
+            raise ValueError(f"lr_milestones '{value}': expected comma-separated epochs, e.g. 50,75") from None
+        if any(e < 1 for e in epochs) or epochs != sorted(set(epochs)):
+            raise ValueError(f"lr_milestones '{value}': epochs must be positive and strictly increasing")
+        return ",".join(map(str, epochs))
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of (1-based) ``epoch``: a pure function of the epoch, so a resumed trial continues
+        the same schedule. multistep: lr · γ^(milestones < epoch); cosine: lr · (1 + cos(π (epoch−1)/epochs))/2,
+        the closed form of torch's CosineAnnealingLR with T_max = epochs and η_min = 0."""
+        if self.lr_schedule == "multistep":
+            passed = sum(1 for m in self.lr_milestones.split(",") if m and int(m) < epoch)
+            return self.lr * self.lr_gamma ** passed
+        if self.lr_schedule == "cosine":
+            return self.lr * (1 + math.cos(math.pi * (epoch - 1) / self.epochs)) / 2
+        return self.lr
 
 
 def parse_assignments(items: list[str] | None) -> dict[str, str]:

@@ -65,7 +65,7 @@ SUMMARY_METRICS = (
 )
 EPOCH_KEYS = ("trial_id", "phase", "config_id", "algo", "seed")  # epochs.csv: which trial a row belongs to
 FLOPS_COLUMNS = tuple(f"flops_{p}" for p in COST_PHASES) + ("flops_total",)  # cumulative, per epoch
-EPOCH_METRICS = ("epoch", "updates", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+EPOCH_METRICS = ("epoch", "updates", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                  *FLOPS_COLUMNS, "wall_time_s", "seconds_per_update", "peak_memory_bytes")
 ANGLE_PREFIX = "angle_l"  # angle_l<i>: the angle of layer i's update to the bp gradient (degrees)
 HP_PREFIX = "hp."

@@ -158,7 +158,7 @@ class Trainer:
         test_loss, test_acc = self.evaluate(d.x_test, d.y_test)
         flops = self.meter.cumulative_flops()
         row = {
-            "epoch": self.epoch, "updates": self.updates, **train,
+            "epoch": self.epoch, "updates": self.updates, "lr": self.optimizer.param_groups[0]["lr"], **train,
             "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
             **{f"flops_{p}": flops[p] for p in COST_PHASES},
         }
@@ -217,6 +217,8 @@ class Trainer:
                 self.status, self.stop_reason = "ok", "max_epochs"
                 break
             self.epoch += 1
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.tc.lr_at(self.epoch)
             train = self.train_epoch()
             row = self._epoch_row(train)
             self.history.append(row)
@@ -341,6 +343,9 @@ class Trainer:
         self.epoch, self.updates, self.history = ck["epoch"], ck["updates"], ck["history"]
         self.best, self.bad_epochs = ck["best"], ck["bad_epochs"]
         self.status, self.stop_reason = ck["status"], ck["stop_reason"]
+        if self.tc.lr_schedule == "cosine" and ck["config"]["train"]["epochs"] != self.tc.epochs:
+            raise CreditbenchError(f"{path}: the cosine schedule spans the trial's epochs "
+                                   f"({ck['config']['train']['epochs']}); resume with the same --epochs")
         if self.status == "ok" and self.epoch < self.tc.epochs and self.stop_reason == "max_epochs":
             self.status, self.stop_reason = RUNNING, None  # more epochs were asked for
         self.train_seconds, self.meter.pretrain_flops = ck["train_seconds"], ck["pretrain_flops"]

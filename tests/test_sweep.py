@@ -81,7 +81,7 @@ def test_sweep_tables_have_exact_rows_and_columns(two_sweeps):
     # one epochs.csv row per trial-epoch
     assert len(epochs) == 16
     assert sorted(epochs.groupby("trial_id").epoch.apply(list).tolist()) == [[1, 2]] * 8
-    base = {"epoch", "updates", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+    base = {"epoch", "updates", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
             "flops_forward", "flops_credit", "flops_feedback", "flops_total", "wall_time_s", "seconds_per_update",
             "peak_memory_bytes", "angle_l1", "angle_l2"}
     assert set(epochs.columns) == set(EPOCH_KEYS) | base
