@@ -2,17 +2,21 @@
 # Run a study list (sweeps/studies/*.txt) trial by trial with `creditbench train`, resumably.
 # usage: sweeps/studies/run.sh sweeps/studies/rfl-issue10.txt [results/studies/rfl-issue10]
 # Each trial runs single-threaded (OMP_NUM_THREADS=1, as inside a sweep) so numbers are reproducible.
+# A list may set the network and the epochs on a line '#% NETWORK EPOCHS' (default mlp-5x256-tanh 10).
 set -uo pipefail
 list=$1
 out=${2:-results/studies/$(basename "$list" .txt)}
 bin=${CREDITBENCH:-.venv/bin/creditbench}
 mkdir -p "$out"
+read -r network epochs < <(sed -n 's/^#% //p' "$list" | head -1)
+network=${network:-mlp-5x256-tanh}
+epochs=${epochs:-10}
 grep -v '^#' "$list" | while read -r name algo seed sets; do
   [ -z "$name" ] && continue
   if [ -f "$out/$name/summary.json" ]; then echo "done: $name"; continue; fi
   args=()
   for kv in $sets; do args+=(--set "$kv"); done
   echo "run: $name"
-  OMP_NUM_THREADS=1 "$bin" train --algo "$algo" --dataset fashion-mnist --network mlp-5x256-tanh --epochs 10 \
+  OMP_NUM_THREADS=1 "$bin" train --algo "$algo" --dataset fashion-mnist --network "$network" --epochs "$epochs" \
     --seed "$seed" --out "$out/$name" "${args[@]}" > "$out/$name.log" 2>&1 || echo "failed: $name (see $out/$name.log)"
 done
