@@ -156,3 +156,14 @@ def test_the_trainer_writes_summary_json_before_the_last_epoch_is_reported(digit
         tmp_path, on_epoch=lambda row, tr: seen.append((tr.status, (tmp_path / "summary.json").exists())),
         log=open(os.devnull, "w"))
     assert seen == [("running", False), ("ok", True)]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_spec_plans(path):
+    """Every spec in sweeps/ validates and plans (on digits, which is always there offline): its
+    algorithms are registered, its network suits them, its knobs exist."""
+    from harness.planning import SweepOptions, resolve
+
+    spec, plan = resolve(SweepOptions(spec=str(path), dataset="digits"))
+    assert plan["algorithms"] and all(len(plan["configs"][a]) == spec.budgets.search_trials for a in plan["algorithms"])

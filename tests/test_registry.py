@@ -34,7 +34,8 @@ def test_duplicate_id_is_an_error():
 
 
 def test_wildcard_listing():
-    assert algorithm_names("b*") == ["bp"]
+    assert algorithm_names("b*") == ["bp", "brsf"]
+    assert algorithm_names("d*p") == ["drtp", "dtp"]
 
 
 def test_plugin_registration_and_validation():

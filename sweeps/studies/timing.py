@@ -4,7 +4,8 @@ usage: .venv/bin/python sweeps/studies/timing.py [sweeps/studies/rfl-issue10.txt
            [--reference bp-s0] [--rounds 3] [--updates 400] [--out timing.csv]
 
 Each configuration is a line of the study list (same algorithm, seed and --set values as
-sweeps/studies/run.sh uses; Fashion-MNIST, mlp-5x256-tanh, batch 128). The dataset is loaded once;
+sweeps/studies/run.sh uses, training and algorithm knobs alike; Fashion-MNIST, the list's network from
+its '#% NETWORK EPOCHS' line, default mlp-5x256-tanh). The dataset is loaded once;
 every round builds each configuration's trainer afresh, runs one untimed update, then times a
 window of whole periods: `--updates` updates, raised to a multiple of `sleep_every` for sleep–wake
 configurations, so the window holds exactly updates/S sleeps (the amortised mean, sleeps included).
@@ -12,7 +13,7 @@ Configurations run one after another within a round, so machine load hits all of
 figure is the median over rounds of each round's ratio to the reference, with the range.
 Single-threaded (torch.set_num_threads(1)), as each trial of a sweep. Each round also times
 ``bare-pytorch-bp``: a plain PyTorch loop (nn.Sequential of the same shape, Adam, F.cross_entropy,
-loss.backward()) on the same tensors, the yardstick for the harness's own overhead.
+loss.backward(), the reference's batch size) on the same tensors, the yardstick for the harness's own overhead.
 """
 
 from __future__ import annotations
@@ -27,9 +28,20 @@ import pandas as pd
 import torch
 
 from harness.datasets import load_dataset
+from harness.hparams import TrainConfig, split_overrides
+from harness.network_presets import resolve_spec
+from harness.registry import get_algorithm
 from harness.train import Trainer
 
 DATASET, NETWORK, EPOCHS = "fashion-mnist", "mlp-5x256-tanh", 10
+
+
+def list_network(path: Path) -> str:
+    """The network of a study list: its '#% NETWORK EPOCHS' line (as sweeps/studies/run.sh reads it)."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#% "):
+            return line.split()[1]
+    return NETWORK
 
 
 def read_list(path: Path) -> dict[str, tuple[str, int, dict[str, str]]]:
@@ -105,19 +117,24 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"error: unknown trial(s) {', '.join(unknown)}; the list has {', '.join(rows)}")
     data = load_dataset(DATASET)
+    network = list_network(args.list)
+    mlp = resolve_spec(network)
+    ref_algo, _, ref_sets = rows[args.reference]
+    ref_batch = TrainConfig.build(split_overrides(ref_sets, get_algorithm(ref_algo).Params, ref_algo)[0]).batch_size
     records = []
     names.append(BARE)
     for r in range(args.rounds):
         for name in names:
             if name == BARE:
                 records.append({"round": r, "trial": name, "updates": args.updates,
-                                "s_per_update": bare_bp_window(data, args.updates)})
+                                "s_per_update": bare_bp_window(data, args.updates, ref_batch, mlp.width,
+                                                               mlp.depth)})
                 print(f"round {r} {name:>18}: {records[-1]['s_per_update'] * 1e3:8.2f} ms/update", flush=True)
                 continue
             algo, seed, sets = rows[name]
-            params = {k: v for k, v in sets.items()}
-            trainer = Trainer({"algo": algo, "dataset": DATASET, "network": NETWORK, "seed": seed, "threads": 1,
-                               "train": {"epochs": EPOCHS}, "params": params}, data=data)
+            train, params = split_overrides(sets, get_algorithm(algo).Params, algo)
+            trainer = Trainer({"algo": algo, "dataset": DATASET, "network": network, "seed": seed, "threads": 1,
+                               "train": {"epochs": EPOCHS, **train}, "params": params}, data=data)
             trainer._pretrain()
             period = int(params.get("sleep_every", 1)) if params.get("schedule") == "sleep_wake" else 1
             n = math.ceil(args.updates / period) * period
