@@ -6,7 +6,7 @@ Prints, per trial: test accuracy (best-validation epoch), best validation accura
 epoch's rfl diagnostics (max pseudoinverse residual, contraction) with the per-layer angle of the
 update to bp at epochs 1 and last; then, for rfl trials, the last epoch's per-layer angles of Q_l to
 W_l⁺ and to W_lᵀ (layers 2 .. L); then updates and FLOPs to reach the fa trials' mean best validation
-accuracy. Wall time is not taken from these trials (they may share the machine): sweeps/studies/timing.py
+accuracy; and per algorithm, the mean ± std over seeds of test accuracy. Wall time is not taken from these trials (they may share the machine): sweeps/studies/timing.py
 measures it as interleaved ratios.
 """
 
@@ -71,6 +71,24 @@ def trial_table(trials, reference: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def by_algorithm(trials, reference: str) -> pd.DataFrame:
+    """Per algorithm (the summary's ``algo``): seeds, test accuracy mean ± sample std, epochs run, FLOPs
+    per update and its ratio to the reference trial's."""
+    ref = trials[reference][0]["flops_per_update"]["total"]
+    rows = {}
+    for s, _ in trials.values():
+        rows.setdefault(s["algo"], []).append(s)
+    out = []
+    for algo, runs in rows.items():
+        acc = pd.Series([r["test_acc"] for r in runs])
+        flops = pd.Series([r["flops_per_update"]["total"] for r in runs])
+        out.append({"algorithm": algo, "seeds": len(runs), "test acc mean": acc.mean(),
+                    "± std": acc.std(ddof=1) if len(runs) > 1 else float("nan"),
+                    "epochs": "/".join(str(r["epochs"]) for r in runs),
+                    "flops/upd (M)": flops.mean() / 1e6, "x ref flops": flops.mean() / ref})
+    return pd.DataFrame(out)
+
+
 def to_target(trials, target: float) -> pd.DataFrame:
     rows = []
     for name, (s, ep) in trials.items():
@@ -92,7 +110,11 @@ def main() -> None:
     pd.set_option("display.max_columns", 30)
     print(trial_table(trials, args.reference).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print()
-    print(feedback_table(trials).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(by_algorithm(trials, args.reference).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print()
+    feedback = feedback_table(trials)
+    if len(feedback):
+        print(feedback.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     fa = [s["best_val_acc"] for n, (s, _) in trials.items() if n.startswith("fa-")]
     if fa:
         print()
