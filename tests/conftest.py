@@ -81,3 +81,13 @@ def ray_session():
              log_to_driver=False, object_store_memory=128 * 2**20)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def one_thread():
+    """Tests of tiny networks run single-threaded: fastest, and immune to a busy machine's
+    oversubscription (``pytestmark = pytest.mark.usefixtures("one_thread")`` in their file)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -28,12 +28,7 @@ SHAPE = (1, 8, 8)
 SLOPE = 0.01  # leaky-relu's
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny networks, one thread
 
 
 def make(name, spec, params=None, seed=0):

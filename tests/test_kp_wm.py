@@ -22,12 +22,7 @@ from harness.registry import get_algorithm
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny networks, one thread
 
 
 def make(name, params=None, spec="mlp-3x12-tanh", seed=0, dtype=torch.float32, input_shape=(1, 8, 8), meter=None):

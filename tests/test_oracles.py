@@ -26,12 +26,7 @@ SPEC = "mlp-3x12-tanh"
 LEAKY = "mlp-3x12-leaky-relu"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny networks, one thread
 
 
 # ------------------------------------------------------------------ the network, independently
