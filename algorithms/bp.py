@@ -16,7 +16,7 @@ class Backprop(Algorithm):
     name = "bp"
     description = "backpropagation: exact gradient through autograd (the reference)"
     reference = "Rumelhart, Hinton & Williams 1986, Nature 323:533"
-    capabilities = Capabilities(layers=frozenset({"linear", "conv"}))
+    capabilities = Capabilities(layers=frozenset({"linear", "conv", "maxpool"}))
 
     def plausibility(self):
         return Plausibility(weight_transport=True, local=False, phases="single", feedback_learning=False,

@@ -8,7 +8,8 @@ the chain W_{l+1}ᵀ ⋯ W_Lᵀ of bp (layers l = 1..L, L the output layer):
 
 with e = (softmax(a_L) − onehot(y)) / n (``output_error``: the mean loss's 1/n is in e). B_l is
 K × d_l (K classes, d_l = size of a_l per example; for a conv layer its whole C·H·W output, so
-e B_l is reshaped back to C×H×W); with one hidden layer, B_1 = W_2 is bp.
+e B_l is reshaped back to C×H×W, the shape of a_l before any max-pool: the projection skips the pool);
+with one hidden layer, B_1 = W_2 is bp.
 
 B_l ~ s · U(−√(6 / (K + d_l)), √(6 / (K + d_l))): Glorot-uniform of B_l's own shape (as BioTorch's
 DFA layers draw theirs), s = ``feedback_scale``. It is drawn once, layer by layer, from a generator
@@ -33,7 +34,7 @@ class DirectFeedbackAlignment(Algorithm):
     version = 1
     description = "direct feedback alignment: the output error sent to every hidden layer through fixed random matrices"
     reference = "Nøkland 2016, NeurIPS 29 (Direct feedback alignment provides learning in deep neural networks)"
-    capabilities = Capabilities(layers=frozenset({"linear", "conv"}))
+    capabilities = Capabilities(layers=frozenset({"linear", "conv", "maxpool"}))
 
     class Params(HParams):
         feedback_scale: float = hp(1.0, "scale of B_l relative to Glorot-uniform of its (classes × layer size) shape",
@@ -67,7 +68,7 @@ class DirectFeedbackAlignment(Algorithm):
         """δ_l of every layer: (s B_l) ⊙ f'(a_l) for the hidden ones (s = ``hidden_error``), e for the output."""
         layers, B = self.net.layers, self.feedback(fw)
         s = self.hidden_error(e, y)
-        out = [layers[l].act.backward((s @ B[l]).view_as(fw.a[l]), fw.a[l], fw.h[l + 1]) for l in range(len(B))]
+        out = [layers[l].act.backward((s @ B[l]).view_as(fw.a[l]), fw.a[l], fw.z[l]) for l in range(len(B))]
         return out + [e]
 
     @torch.no_grad()

@@ -6,7 +6,8 @@ As bp, but the error travels down through a fixed random matrix B_l in place of 
 
 B_l is stored with W_l's shape (so the signal is ``δ_l @ B_l``, and ``B_l = W_l`` is bp);
 it is drawn once, seeded, with W_l's initialisation scale. Convolutions use B_l as the
-kernel of the transposed convolution.
+kernel of the transposed convolution; where layer l−1 max-pools, B_l δ_l reaches the position that
+won each pooling window before the ⊙ f'(a_{l-1}) (``Layer.carry``, the route bp's gradient takes).
 """
 
 import math
@@ -23,7 +24,7 @@ class FeedbackAlignment(Algorithm):
     name = "fa"
     description = "feedback alignment: errors sent down through fixed random feedback matrices"
     reference = "Lillicrap et al. 2016, Nat. Commun. 7:13276"
-    capabilities = Capabilities(layers=frozenset({"linear", "conv"}))
+    capabilities = Capabilities(layers=frozenset({"linear", "conv", "maxpool"}))
 
     class Params(HParams):
         feedback_scale: float = hp(1.0, "scale of B relative to Glorot-uniform of W's shape", gt=0, le=100,
@@ -61,7 +62,7 @@ class FeedbackAlignment(Algorithm):
                 set_grad(layers[l].bias, gb)
                 if l > 0:
                     below = layers[l - 1]
-                    delta = below.act.backward(signal, fw.a[l - 1], fw.h[l])
+                    delta = below.carry(signal, fw.a[l - 1], fw.z[l - 1])
         return StepOutput(loss, fw.logits)
 
     def extra_state(self):

@@ -33,7 +33,7 @@ class SignConcordantFeedback(FeedbackAlignment):
     """fa's backward loop with B_l = magnitude(l) ⊙ sign(W_l), sign(W_l) read from the current W_l at
     credit time (the sign and the product are credit work). Not registered: a base for usf/frsf/brsf."""
 
-    capabilities = Capabilities(layers=frozenset({"linear", "conv"}))
+    capabilities = Capabilities(layers=frozenset({"linear", "conv", "maxpool"}))
     Params = HParams  # no knobs: the magnitudes are fixed by W's shape (BioTorch has no scale option)
     plausibility_notes = ""  # one line, set by each rule: what the feedback reads
 

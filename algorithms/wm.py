@@ -53,17 +53,6 @@ from algorithms.fa import FeedbackAlignment
 from algorithms.kp import LearnedFeedback
 
 
-def input_shapes(net, x_shape) -> list[tuple[int, ...]]:
-    """The shape of one example of each layer's input, from the network input's (no computation)."""
-    shapes, s = [], tuple(x_shape)
-    for layer in net.layers:  # convolutions first, then linear layers (whose input is flat)
-        w = layer.weight
-        shapes.append(s if layer.kind == "conv" else (w.shape[1],))
-        if layer.kind == "conv":
-            s = (w.shape[0], *((d + 2 * layer.padding - k) // layer.stride + 1 for d, k in zip(s[1:], w.shape[2:])))
-    return shapes
-
-
 def affine(layer, z: torch.Tensor) -> torch.Tensor:
     """W z without the bias: the layer's linear map or convolution."""
     w = layer.weight.detach()
@@ -87,7 +76,7 @@ class WeightMirror(LearnedFeedback):
     version = 1
     description = "weight mirrors: B_l learns σ²W_l/λ from each layer's own white noise, in a mirror phase"
     reference = "Akrout, Wilson, Humphreys, Lillicrap & Tweed 2019, NeurIPS (weight mirrors, eq. 7)"
-    capabilities = Capabilities(layers=frozenset({"linear", "conv"}))
+    capabilities = Capabilities(layers=frozenset({"linear", "conv", "maxpool"}))
     phases = "two"
     plausibility_notes = ("mirror phase: each layer driven by its own noise ξ, B_l learns y ξᵀ with decay "
                           "(→ σ²W_l/λ) without reading W")
@@ -106,7 +95,7 @@ class WeightMirror(LearnedFeedback):
 
     @torch.no_grad()
     def mirror(self, shapes: list[tuple[int, ...]]) -> None:
-        """``mirror_steps`` mirror steps of every B_l (l ≥ 2; ``shapes`` from :func:`input_shapes`)."""
+        """``mirror_steps`` mirror steps of every B_l (l ≥ 2; ``shapes`` from ``Network.input_shapes``)."""
         hp_, layers = self.hp, self.net.layers
         n, eta, lam = hp_.mirror_batch, hp_.mirror_lr, hp_.mirror_decay
         for _ in range(hp_.mirror_steps):
@@ -122,5 +111,5 @@ class WeightMirror(LearnedFeedback):
     @torch.no_grad()
     def step(self, x, y):
         with self.phase("feedback"):
-            self.mirror(input_shapes(self.net, x.shape[1:]))
+            self.mirror(self.net.input_shapes(x.shape[1:]))
         return self.compute_update(x, y)

@@ -57,7 +57,7 @@ def layers_above(net, j: int) -> Callable[[torch.Tensor], torch.Tensor]:
 
     def upper(h):
         for layer in top:
-            h = layer.act(layer.pre(h))
+            h = layer.post(layer.pre(h))
         return h
 
     return upper

@@ -1,6 +1,6 @@
 """Network presets and spec strings as plain data (no torch): the table of named networks.
 
-A network is named by a preset (``mlp-5x256-tanh``, ``cnn-small-tanh``) or by any string
+A network is named by a preset (``mlp-5x256-tanh``, ``cnn-small-tanh``, ``lenet5-relu``) or by any string
 ``mlp-<depth>x<width>-<activation>`` (e.g. ``mlp-2x64-relu``). :func:`resolve_spec` turns a name into
 an :class:`MLPSpec` or :class:`CNNSpec`; ``harness.networks.build_network`` builds its layers. Kept
 apart from ``harness.networks`` (which needs torch) so that listing networks imports no torch.
@@ -33,12 +33,26 @@ class MLPSpec:
 
 
 @dataclass(frozen=True)
-class CNNSpec:
-    """Small strided CNN (no pooling): conv3x3/s2 → f → conv3x3/s2 → f → linear."""
+class ConvSpec:
+    """One convolution ``kernel``×``kernel`` with ``stride`` and zero ``padding``, then the activation, then
+    (``pool`` > 1) a non-overlapping ``pool``×``pool`` max-pool (window = stride, floor)."""
 
-    channels: tuple[int, ...]
+    channels: int
+    kernel: int = 3
+    stride: int = 1
+    padding: int = 0
+    pool: int = 1
+
+
+@dataclass(frozen=True)
+class CNNSpec:
+    """Convolutions (``convs``), then fully connected hidden layers of ``hidden`` units, then a linear
+    output layer; every hidden layer uses ``activation``."""
+
+    convs: tuple[ConvSpec, ...]
     activation: str
     description: str = ""
+    hidden: tuple[int, ...] = ()
 
 
 def register_network(name: str, *, override: bool = False):
@@ -55,8 +69,23 @@ for _name, _desc in [
     _m = MLP_PATTERN.match(_name)
     register_network(_name)(MLPSpec(int(_m[1]), int(_m[2]), _m[3], _desc))
 
-register_network("cnn-small-tanh")(CNNSpec((16, 32), "tanh", "two strided 3x3 convolutions (16, 32 channels) + linear"))
-register_network("cnn-small-relu")(CNNSpec((16, 32), "relu", "as cnn-small-tanh with ReLU"))
+_STRIDED = (ConvSpec(16, 3, 2, 1), ConvSpec(32, 3, 2, 1))
+register_network("cnn-small-tanh")(CNNSpec(_STRIDED, "tanh", "two strided 3x3 convolutions (16, 32 channels) + linear"))
+register_network("cnn-small-relu")(CNNSpec(_STRIDED, "relu", "as cnn-small-tanh with ReLU"))
+# LeNet-5 as BioTorch 0.0.16 builds it (biotorch/models/le_net.py, LeNetMNIST, for 32×32 inputs): conv5 6,
+# max-pool 2, conv5 16, max-pool 2, conv5 120 (→ 1×1), fc 84, fc 10, ReLU. On 28×28 images conv1 pads by 2
+# (as LeCun et al. 1998 padded MNIST to 32×32): every later shape is then that of the 32×32 original.
+register_network("lenet5-relu")(CNNSpec(
+    (ConvSpec(6, 5, 1, 2, pool=2), ConvSpec(16, 5, 1, 0, pool=2), ConvSpec(120, 5, 1, 0)), "relu",
+    "LeNet-5 as in BioTorch (conv5 6, pool, conv5 16, pool, conv5 120, fc 84, fc 10; conv1 padded by 2)",
+    hidden=(84,)))
+# A small VGG-style network for 32×32 CIFAR-10 (ours, not a published configuration): three blocks of two
+# 3×3 convolutions (32, 64, 128 channels, padding 1) each closed by a 2×2 max-pool (32 → 16 → 8 → 4), then
+# fc 256 and the output layer.
+register_network("vgg-small-relu")(CNNSpec(
+    tuple(ConvSpec(c, 3, 1, 1, pool=2 if i % 2 else 1) for i, c in enumerate((32, 32, 64, 64, 128, 128))), "relu",
+    "VGG-style: 3 blocks of two 3x3 convolutions (32, 64, 128 channels) + 2x2 max-pool, fc 256, linear",
+    hidden=(256,)))
 
 
 def resolve_spec(name: str) -> MLPSpec | CNNSpec:

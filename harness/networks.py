@@ -1,4 +1,6 @@
-"""Networks: stacks of affine layers ``a_l = W_l h_{l-1} + b_l``, ``h_l = f(a_l)``, logits ``h_L = a_L``.
+"""Networks: stacks of affine layers ``a_l = W_l h_{l-1} + b_l``, ``z_l = f(a_l)``, ``h_l = pool(z_l)``,
+logits ``h_L = a_L``; ``pool`` is a non-overlapping max-pool on the convolutions that have one and the
+identity elsewhere (``h_l = z_l``).
 
 A network is named by a preset (``mlp-5x256-tanh``, ``cnn-small-tanh``) or any spec string
 ``mlp-<depth>x<width>-<activation>`` (e.g. ``mlp-2x64-relu``); the table of presets and the parsing
@@ -116,17 +118,38 @@ def activation(name: str) -> Activation:
 
 # --------------------------------------------------------------------------- layers
 class Layer(nn.Module):
-    """One affine layer (linear or conv) followed by its activation."""
+    """One affine layer (linear or conv) followed by its activation and, on convolutions, an optional
+    ``pool``×``pool`` max-pool with stride ``pool`` (``pool`` = 1: none)."""
 
     kind = "?"
 
-    def __init__(self, act: Activation):
+    def __init__(self, act: Activation, pool: int = 1):
         super().__init__()
         self.act = act
+        self.pool = pool
 
     def pre(self, h: torch.Tensor) -> torch.Tensor:
         """a = W h + b."""
         raise NotImplementedError
+
+    def post(self, a: torch.Tensor) -> torch.Tensor:
+        """h = pool(f(a)): the layer's output, the next layer's input."""
+        return self.pooled(self.act(a))
+
+    def pooled(self, z: torch.Tensor) -> torch.Tensor:
+        k = self.pool
+        return z if k == 1 else F.max_pool2d(z, k, k)
+
+    def carry(self, signal: torch.Tensor, a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """A signal at the layer's output h = pool(z) carried back to its pre-activation a (z = f(a)):
+        through the max-pool (to the position that won each window, as autograd routes it) and then
+        ⊙ f'(a). With the error at h this is bp's δ at a."""
+        k = self.pool
+        if k > 1:
+            idx = torch.ops.aten.max_pool2d_with_indices(z, [k, k], [k, k])[1]
+            signal = torch.ops.aten.max_pool2d_with_indices_backward(signal, z, [k, k], [k, k], [0, 0], [1, 1],
+                                                                     False, idx)
+        return self.act.backward(signal, a, z)
 
     def backward(self, delta: torch.Tensor, h: torch.Tensor, feedback: torch.Tensor | None):
         """Given δ = ∂L/∂a for this layer's output and its input h, return
@@ -165,8 +188,9 @@ class Linear(Layer):
 class Conv(Layer):
     kind = "conv"
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, act: Activation):
-        super().__init__(act)
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, act: Activation,
+                 pool: int = 1):
+        super().__init__(act, pool)
         self.weight = nn.Parameter(torch.empty(c_out, c_in, kernel, kernel))
         self.bias = nn.Parameter(torch.zeros(c_out))
         self.stride, self.padding = stride, padding
@@ -182,16 +206,28 @@ class Conv(Layer):
         )
         return grad_in, grad_w, grad_b
 
+    def out_size(self, size: int) -> int:
+        """Height (or width) of the output h, pooled, for an input of that size."""
+        k = self.weight.shape[-1]
+        return ((size + 2 * self.padding - k) // self.stride + 1) // self.pool
+
 
 # --------------------------------------------------------------------------- network
 @dataclass
 class Forward:
     """Everything one forward pass computed: inputs ``h[0..L-1]`` of each layer, pre-activations
-    ``a[1..L]`` (stored 0-based: ``a[l]`` is layer l's output before f) and the logits."""
+    ``a[1..L]`` (stored 0-based: ``a[l]`` is layer l's output before f), the activations ``z[l] = f(a[l])``
+    of the hidden layers before any pooling (the very tensor ``h[l+1]`` where layer l does not pool) and
+    the logits."""
 
     h: list[torch.Tensor]  # h[l] = input of layer l (h[0] = x)
     a: list[torch.Tensor]  # a[l] = pre-activation of layer l
     logits: torch.Tensor
+    z: list[torch.Tensor] | None = None  # z[l] = f(a[l]), l < L−1; None: no layer pools (z[l] is h[l+1])
+
+    def __post_init__(self):
+        if self.z is None:
+            self.z = self.h[1:]
 
 
 class Network(nn.Module):
@@ -203,18 +239,20 @@ class Network(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         for layer in self.layers:
-            h = layer.act(layer.pre(h))
+            h = layer.post(layer.pre(h))
         return h
 
     def forward_all(self, x: torch.Tensor) -> Forward:
-        hs, as_ = [], []
+        hs, as_, zs = [], [], []
         h = x
         for layer in self.layers:
             hs.append(h)
             a = layer.pre(h)
             as_.append(a)
-            h = layer.act(a)
-        return Forward(hs, as_, h)
+            z = layer.act(a)
+            zs.append(z)
+            h = layer.pooled(z)
+        return Forward(hs, as_, h, zs[:-1])
 
     @property
     def activations(self) -> set[str]:
@@ -222,7 +260,17 @@ class Network(nn.Module):
 
     @property
     def layer_kinds(self) -> set[str]:
-        return {layer.kind for layer in self.layers}
+        """The kinds of layer (``linear``, ``conv``) and ``maxpool`` if any layer pools."""
+        return {layer.kind for layer in self.layers} | ({"maxpool"} if any(layer.pool > 1 for layer in self.layers) else set())
+
+    def input_shapes(self, x_shape) -> list[tuple[int, ...]]:
+        """The shape of one example of each layer's input, from the network input's (no computation)."""
+        shapes, s = [], tuple(x_shape)
+        for layer in self.layers:  # convolutions first, then linear layers (whose input is flat)
+            shapes.append(s if layer.kind == "conv" else (layer.weight.shape[1],))
+            if layer.kind == "conv":
+                s = (layer.weight.shape[0], *(layer.out_size(d) for d in s[1:]))
+        return shapes
 
     def weights(self) -> list[torch.Tensor]:
         return [layer.weight for layer in self.layers]
@@ -253,16 +301,19 @@ def build_layers(spec: MLPSpec | CNNSpec, input_shape: tuple[int, ...], num_clas
             raise ConfigError(f"a CNN needs image inputs (C, H, W); this dataset gives shape {input_shape}")
         c, hgt, wid = input_shape
         layers: list[Layer] = []
-        for out in spec.channels:
-            layers.append(Conv(c, out, 3, 2, 1, activation(spec.activation)))
-            c, hgt, wid = out, (hgt + 1) // 2, (wid + 1) // 2
-        layers.append(Linear(c * hgt * wid, num_classes, Identity()))
-        return layers
-    d = math.prod(input_shape)
-    layers = []
-    for _ in range(spec.depth):
-        layers.append(Linear(d, spec.width, activation(spec.activation)))
-        d = spec.width
+        for conv in spec.convs:
+            layer = Conv(c, conv.channels, conv.kernel, conv.stride, conv.padding, activation(spec.activation), conv.pool)
+            c, hgt, wid = conv.channels, layer.out_size(hgt), layer.out_size(wid)
+            if min(hgt, wid) < 1:
+                raise ConfigError(f"convolution {len(layers) + 1} of this network leaves nothing of inputs of shape "
+                                  f"{input_shape}; it needs larger images")
+            layers.append(layer)
+        hidden, d = spec.hidden, c * hgt * wid
+    else:
+        hidden, d, layers = (spec.width,) * spec.depth, math.prod(input_shape), []
+    for width in hidden:
+        layers.append(Linear(d, width, activation(spec.activation)))
+        d = width
     layers.append(Linear(d, num_classes, Identity()))
     return layers
 

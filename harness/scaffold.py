@@ -83,7 +83,7 @@ class {cls}(Algorithm):
                 set_grad(layers[l].weight, grad_w)
                 set_grad(layers[l].bias, grad_b)
                 if l > 0:  # TODO: your rule's way through the nonlinearity (bp: signal ⊙ f'(a))
-                    delta = layers[l - 1].act.backward(signal, fw.a[l - 1], fw.h[l])
+                    delta = layers[l - 1].carry(signal, fw.a[l - 1], fw.z[l - 1])
         return StepOutput(loss, fw.logits)
 
     # TODO, if your rule learns feedback: override step(self, x, y) to run compute_update(x, y) and

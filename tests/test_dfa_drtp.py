@@ -238,7 +238,7 @@ def test_plausibility_record(name, notes):
     assert p.to_dict() == dict(weight_transport=False, transport="none", local=True, phases="single",
                                feedback_learning=False, notes=notes)
     cls = get_algorithm(name)
-    assert cls.version == 1 and cls.capabilities.layers == frozenset({"linear", "conv"})
+    assert cls.version == 1 and cls.capabilities.layers == frozenset({"linear", "conv", "maxpool"})
     assert cls.Params.search_space()["feedback_scale"] == {"kind": "loguniform", "low": 0.1, "high": 10.0}
 
 

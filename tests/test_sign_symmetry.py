@@ -343,7 +343,7 @@ def test_plausibility_capabilities_and_no_knobs(name):
     assert ("redrawn every training batch" in notes) == (name == "brsf")
     assert ("drawn once" in notes) == (name == "frsf")
     cls = get_algorithm(name)
-    assert cls.version == 1 and cls.capabilities.layers == frozenset({"linear", "conv"})
+    assert cls.version == 1 and cls.capabilities.layers == frozenset({"linear", "conv", "maxpool"})
     assert cls.Params.model_fields == {} and algo.hp.active_dump() == {}
     with pytest.raises(CreditbenchError):  # fa's feedback_scale is not inherited as a phantom knob
         cls.Params.build({"feedback_scale": 1.0}, owner=name)

@@ -47,7 +47,7 @@ SCOPE: dict[str, list[str]] = {
     # layers and activations
     "harness/networks.py": [f"xǁ{cls}ǁ*" for cls in
                             ("Activation", "Tanh", "LeakyReLU", "ReLU", "Identity", "Layer", "Linear", "Conv",
-                             "Network")],
+                             "Network", "Forward")],
     "harness/algorithm.py": ["x_output_error__*"],
 }
 EQUIVALENT = ROOT / "tests" / "equivalent_mutants.md"
