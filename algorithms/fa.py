@@ -8,6 +8,10 @@ B_l is stored with W_l's shape (so the signal is ``δ_l @ B_l``, and ``B_l = W_l
 it is drawn once, seeded, with W_l's initialisation scale. Convolutions use B_l as the
 kernel of the transposed convolution; where layer l−1 max-pools, B_l δ_l reaches the position that
 won each pooling window before the ⊙ f'(a_{l-1}) (``Layer.carry``, the route bp's gradient takes).
+
+Diagnostic (per epoch): ``angle_b_w_l`` = ∠(B_l, W_l) of every layer l ≥ 2 (1-based), the angle
+between the feedback and bp's W_l viewed as vectors (0° for bp; fa's stays near 90°, the rules that
+learn their feedback should drive it down).
 """
 
 import math
@@ -16,6 +20,7 @@ import torch
 
 from harness.algorithm import Algorithm, Capabilities, Plausibility, StepOutput, output_error, set_grad
 from harness.hparams import HParams, hp, loguniform
+from harness.metrics import angle_degrees
 from harness.registry import register_algorithm
 
 
@@ -25,6 +30,7 @@ class FeedbackAlignment(Algorithm):
     description = "feedback alignment: errors sent down through fixed random feedback matrices"
     reference = "Lillicrap et al. 2016, Nat. Commun. 7:13276"
     capabilities = Capabilities(layers=frozenset({"linear", "conv", "maxpool"}))
+    report_labels = {"angle_b_w_l*": {"label": "angle of layer l's feedback B_l to W_l (bp's)", "unit": "degrees"}}
 
     class Params(HParams):
         feedback_scale: float = hp(1.0, "scale of B relative to Glorot-uniform of W's shape", gt=0, le=100,
@@ -64,6 +70,10 @@ class FeedbackAlignment(Algorithm):
                     below = layers[l - 1]
                     delta = below.carry(signal, fw.a[l - 1], fw.z[l - 1])
         return StepOutput(loss, fw.logits)
+
+    def diagnostics(self, x, y):
+        layers = self.net.layers
+        return {f"angle_b_w_l{l + 1}": angle_degrees(self.feedback(l), layers[l].weight) for l in range(1, len(layers))}
 
     def extra_state(self):
         return {"B": [b.clone() for b in self.B]}

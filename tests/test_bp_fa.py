@@ -68,3 +68,21 @@ def test_fa_feedback_scale_scales_the_feedback_matrices():
     three = get_algorithm("fa")(net, {"feedback_scale": 3.0}, generator=torch.Generator().manual_seed(1))
     for a, b in zip(one.B, three.B, strict=True):
         torch.testing.assert_close(b, 3 * a)
+
+
+@pytest.mark.parametrize("name", ["fa", "usf", "kp"])
+def test_feedback_angle_diagnostic_is_the_angle_between_b_and_w(name):
+    """angle_b_w_l = arccos(⟨B_l, W_l⟩ / (‖B_l‖ ‖W_l‖)) in degrees, per layer l ≥ 2; 0 when B_l = W_l."""
+    net = build_network("mlp-3x32-tanh", (1, 8, 8), 10, generator=torch.Generator().manual_seed(0))
+    algo = get_algorithm(name)(net, generator=torch.Generator().manual_seed(4))
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    got = algo.diagnostics(x, y)
+    assert sorted(got) == ["angle_b_w_l2", "angle_b_w_l3", "angle_b_w_l4"]
+    for l in range(1, 4):
+        b, w = algo.feedback(l).double().flatten(), net.layers[l].weight.detach().double().flatten()
+        want = torch.rad2deg(torch.arccos(b @ w / (b.norm() * w.norm()))).item()
+        assert got[f"angle_b_w_l{l + 1}"] == pytest.approx(want, rel=1e-9)
+        assert (10 < want < 80) if name == "usf" else (80 < want < 100)  # sign concordant: < 90°; random: ≈ 90°
+    if name == "fa":
+        algo.B = [layer.weight.detach().clone() for layer in net.layers[1:]]
+        assert all(v == 0.0 for v in algo.diagnostics(x, y).values())

@@ -161,7 +161,11 @@ def test_single_seed_has_no_ci_and_says_so(dirs, tmp_path):
 
 
 def test_missing_diagnostics_are_reported_not_drawn(dirs, tmp_path):
-    result = build_report([dirs["only_bp"], dirs["only_fa"]], tmp_path)
+    fa = copy_dir(dirs["only_fa"], tmp_path / "fa")  # fa's one diagnostic (∠(B_l, W_l)) removed
+    epochs = pd.read_csv(fa / "epochs.csv")
+    assert any(c.startswith("angle_b_w_l") for c in epochs)
+    epochs.drop(columns=[c for c in epochs if c.startswith("angle_b_w_l")]).to_csv(fa / "epochs.csv", index=False)
+    result = build_report([dirs["only_bp"], fa], tmp_path)
     names = {p.name.split("_digits")[0] for p in result["figures"]}
     assert "diagnostics" not in names and {"val_acc", "alignment", "sensitivity"} <= names
     text = (tmp_path / "report.md").read_text()

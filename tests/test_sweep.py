@@ -83,7 +83,7 @@ def test_sweep_tables_have_exact_rows_and_columns(two_sweeps):
     assert sorted(epochs.groupby("trial_id").epoch.apply(list).tolist()) == [[1, 2]] * 8
     base = {"epoch", "updates", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
             "flops_forward", "flops_credit", "flops_feedback", "flops_total", "wall_time_s", "seconds_per_update",
-            "peak_memory_bytes", "angle_l1", "angle_l2"}
+            "peak_memory_bytes", "angle_l1", "angle_l2", "angle_b_w_l2"}  # the last: fa's diagnostic ∠(B_2, W_2)
     assert set(epochs.columns) == set(EPOCH_KEYS) | base
     assert {"spec.yaml", "env.json", "plan.json", "trials.csv", "epochs.csv", "raw"} <= {p.name for p in out.iterdir()}
     resolved = parse_spec(yaml.safe_load((out / "spec.yaml").read_text()))

@@ -115,7 +115,7 @@ def main() -> None:
     feedback = feedback_table(trials)
     if len(feedback):
         print(feedback.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    fa = [s["best_val_acc"] for n, (s, _) in trials.items() if n.startswith("fa-")]
+    fa = [s["best_val_acc"] for n, (s, _) in trials.items() if n.startswith("fa-") and s["best_val_acc"] is not None]
     if fa:
         print()
         print(to_target(trials, sum(fa) / len(fa)).to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -12,8 +12,9 @@ configurations, so the window holds exactly updates/S sleeps (the amortised mean
 Configurations run one after another within a round, so machine load hits all of them alike; the
 figure is the median over rounds of each round's ratio to the reference, with the range.
 Single-threaded (torch.set_num_threads(1)), as each trial of a sweep. Each round also times
-``bare-pytorch-bp``: a plain PyTorch loop (nn.Sequential of the same shape, Adam, F.cross_entropy,
-loss.backward(), the reference's batch size) on the same tensors, the yardstick for the harness's own overhead.
+``bare-pytorch-bp``: a plain PyTorch loop (nn.Sequential of the same shape, the reference's optimizer,
+learning rate, weight decay and batch size, F.cross_entropy, loss.backward()) on the same tensors, the
+yardstick for the harness's own overhead.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 
 from harness.datasets import load_dataset
 from harness.hparams import TrainConfig, split_overrides
-from harness.network_presets import resolve_spec
+from harness.network_presets import CNNSpec, resolve_spec
 from harness.registry import get_algorithm
 from harness.train import Trainer
 
@@ -75,14 +76,41 @@ def timed_window(trainer: Trainer, n: int) -> float:
 BARE = "bare-pytorch-bp"
 
 
-def bare_bp_window(data, n: int, batch: int = 128, width: int = 256, depth: int = 5) -> float:
-    """Mean wall seconds per update of a bare PyTorch bp loop (no harness code) over n updates."""
+ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "leaky-relu": torch.nn.LeakyReLU,
+               "linear": torch.nn.Identity}
+
+
+def bare_network(spec, data) -> torch.nn.Sequential:
+    """The network of ``spec`` (an MLP or CNN preset) as torch.nn modules, no harness code."""
+    act = ACTIVATIONS[spec.activation]
+    layers: list[torch.nn.Module] = []
+    if isinstance(spec, CNNSpec):
+        c = data.x_train.shape[1]
+        for conv in spec.convs:
+            layers += [torch.nn.Conv2d(c, conv.channels, conv.kernel, conv.stride, conv.padding), act()]
+            layers += [torch.nn.MaxPool2d(conv.pool)] if conv.pool > 1 else []
+            c = conv.channels
+        hidden = spec.hidden
+    else:
+        hidden = (spec.width,) * spec.depth
+    layers.append(torch.nn.Flatten())
+    for width in hidden:
+        layers += [torch.nn.LazyLinear(width), act()]
+    net = torch.nn.Sequential(*layers, torch.nn.LazyLinear(data.num_classes))
+    net(data.x_train[:2])  # materialise the lazy layers
+    return net
+
+
+def bare_bp_window(data, n: int, spec, train: TrainConfig) -> float:
+    """Mean wall seconds per update of a bare PyTorch bp loop (no harness code) over n updates, with the
+    reference's optimizer (adam, sgd or momentum), learning rate, weight decay and batch size."""
     torch.manual_seed(0)
-    d_in, layers = data.x_train[0].numel(), []
-    for i in range(depth):
-        layers += [torch.nn.Linear(d_in if i == 0 else width, width), torch.nn.Tanh()]
-    net = torch.nn.Sequential(torch.nn.Flatten(), *layers, torch.nn.Linear(width, data.num_classes))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net, batch = bare_network(spec, data), train.batch_size
+    if train.optimizer == "adam":
+        opt = torch.optim.Adam(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    else:
+        opt = torch.optim.SGD(net.parameters(), lr=train.lr, weight_decay=train.weight_decay,
+                              momentum=train.momentum if train.optimizer == "momentum" else 0.0)
     perm = torch.randint(len(data.y_train), ((n + 1) * batch,))
 
     def update(i: int) -> None:
@@ -118,17 +146,16 @@ def main() -> None:
         raise SystemExit(f"error: unknown trial(s) {', '.join(unknown)}; the list has {', '.join(rows)}")
     data = load_dataset(DATASET)
     network = list_network(args.list)
-    mlp = resolve_spec(network)
+    spec = resolve_spec(network)
     ref_algo, _, ref_sets = rows[args.reference]
-    ref_batch = TrainConfig.build(split_overrides(ref_sets, get_algorithm(ref_algo).Params, ref_algo)[0]).batch_size
+    ref_train = TrainConfig.build(split_overrides(ref_sets, get_algorithm(ref_algo).Params, ref_algo)[0])
     records = []
     names.append(BARE)
     for r in range(args.rounds):
         for name in names:
             if name == BARE:
                 records.append({"round": r, "trial": name, "updates": args.updates,
-                                "s_per_update": bare_bp_window(data, args.updates, ref_batch, mlp.width,
-                                                               mlp.depth)})
+                                "s_per_update": bare_bp_window(data, args.updates, spec, ref_train)})
                 print(f"round {r} {name:>18}: {records[-1]['s_per_update'] * 1e3:8.2f} ms/update", flush=True)
                 continue
             algo, seed, sets = rows[name]
