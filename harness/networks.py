@@ -137,8 +137,7 @@ class Layer(nn.Module):
         return self.pooled(self.act(a))
 
     def pooled(self, z: torch.Tensor) -> torch.Tensor:
-        k = self.pool
-        return z if k == 1 else F.max_pool2d(z, k, k)
+        return z if self.pool == 1 else F.max_pool2d(z, self.pool)  # stride = window
 
     def carry(self, signal: torch.Tensor, a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """A signal at the layer's output h = pool(z) carried back to its pre-activation a (z = f(a)):
@@ -146,7 +145,7 @@ class Layer(nn.Module):
         ⊙ f'(a). With the error at h this is bp's δ at a."""
         k = self.pool
         if k > 1:
-            idx = torch.ops.aten.max_pool2d_with_indices(z, [k, k], [k, k])[1]
+            idx = F.max_pool2d(z, k, return_indices=True)[1]
             signal = torch.ops.aten.max_pool2d_with_indices_backward(signal, z, [k, k], [k, k], [0, 0], [1, 1],
                                                                      False, idx)
         return self.act.backward(signal, a, z)
@@ -208,7 +207,7 @@ class Conv(Layer):
 
     def out_size(self, size: int) -> int:
         """Height (or width) of the output h, pooled, for an input of that size."""
-        k = self.weight.shape[-1]
+        k = self.weight.shape[-1]  # square kernels
         return ((size + 2 * self.padding - k) // self.stride + 1) // self.pool
 
 
@@ -223,11 +222,7 @@ class Forward:
     h: list[torch.Tensor]  # h[l] = input of layer l (h[0] = x)
     a: list[torch.Tensor]  # a[l] = pre-activation of layer l
     logits: torch.Tensor
-    z: list[torch.Tensor] | None = None  # z[l] = f(a[l]), l < L−1; None: no layer pools (z[l] is h[l+1])
-
-    def __post_init__(self):
-        if self.z is None:
-            self.z = self.h[1:]
+    z: list[torch.Tensor]  # z[l] = f(a[l]) of the hidden layers (l < L−1)
 
 
 class Network(nn.Module):

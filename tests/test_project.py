@@ -65,8 +65,8 @@ def test_design_doc_covers_every_builtin_algorithm_and_the_metrics():
 
 def test_plugin_guide_documents_the_network_api():
     guide = (REPO / "docs" / "plugins.md").read_text()
-    for needle in ("@register_algorithm", "forward_all", "Forward(h, a, logits)", "fw.h[l]", "fw.a[l]",
-                   "Layer.backward(delta, h", "act.backward", "output_error", "set_grad", "self.gen",
+    for needle in ("@register_algorithm", "forward_all", "Forward(h, a, logits, z)", "fw.h[l]", "fw.a[l]",
+                   "fw.z[l]", "carry(signal", "maxpool", "Layer.backward(delta, h", "act.backward", "output_error", "set_grad", "self.gen",
                    "self.phase(", "update_kind()", "update_mix()", "pretrain(", "extra_state()",
                    "load_extra_state", "plausibility()", "when=", "creditbench new-algorithm"):
         assert needle in guide, needle
