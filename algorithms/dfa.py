@@ -16,6 +16,11 @@ DFA layers draw theirs), s = ``feedback_scale``. It is drawn once, layer by laye
 seeded by one draw from the trial's generator at setup, at the first forward pass (a conv layer's
 d_l depends on the input size, which the network does not record).
 
+On convolutions this is Nøkland's dense projection, not BioTorch's convolutional DFA (``biotorch/layers/dfa``),
+which sends e, repeated over positions, through a K × C_in × k × k kernel to the layer's *input* and lets
+autograd carry it through the pool and activation below: a different feedback structure, so BioTorch's
+CNN numbers for DFA are a reference point for ours, not a replication.
+
 ``hidden_error`` is what B_l projects (here e); drtp (``algorithms/drtp.py``) projects the target.
 """
 

@@ -4,7 +4,8 @@ FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` over a short
 real updates (the counter roughly doubles step time, and shapes fix the count). Matmuls and
 convolutions count 2·M·N·K as in PyTorch's own registry; elementwise work, which that
 registry counts as 0, is added here at one FLOP per output element (reductions: per input
-element), so outer-product / Hebbian updates written with broadcasting are not missed; SVDs and
+element; a max-pool is a reduction of its input), so outer-product / Hebbian updates written with
+broadcasting are not missed; SVDs and
 pseudoinverses, which it does not count either, get the analytic LAPACK count (``svd_flops``), and
 matrix–vector and dot products (also missing from it) 2·m·n and 2·n.
 
@@ -36,11 +37,12 @@ _ELEMENTWISE = [
     aten.addcmul, aten.addcdiv, aten.lerp, aten.sign, aten.abs, aten.eq, aten.gt, aten.lt, aten.ge, aten.le,
     aten._softmax, aten._log_softmax, aten._log_softmax_backward_data, aten._softmax_backward_data,
     aten.sigmoid, aten.square, aten.maximum, aten.minimum, aten.copy_, aten.fill_,
+    aten.max_pool2d_with_indices_backward,  # one FLOP per element of the pool's input (the routed signal)
 ]
 _ELEMENTWISE += [getattr(aten, op.__name__.split(".")[-1] + "_") for op in list(_ELEMENTWISE)
                  if hasattr(aten, op.__name__.split(".")[-1] + "_")]  # in-place variants (mul_, add_, lerp_, ...)
 _REDUCTIONS = [aten.sum, aten.mean, aten.nll_loss_forward, aten.nll_loss_backward, aten.linalg_vector_norm,
-               aten.amax, aten.max, aten.norm]
+               aten.amax, aten.max, aten.norm, aten.max_pool2d_with_indices]
 
 
 def _numel(shape) -> int:

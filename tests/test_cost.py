@@ -159,3 +159,22 @@ def test_peak_memory_is_the_trials_own():
     resumed = CostMeter()
     resumed.load_state_dict(state)
     assert resumed.summary()["peak_memory_bytes"] >= 0.9 * peak  # carried across a resume (RSS counters are batched)
+
+
+def test_max_pooling_is_counted_per_input_element():
+    """A max-pool is a reduction (one FLOP per input element), routing its gradient back one FLOP per
+    element of its input; with or without the indices, in the forward pass and in autograd's backward."""
+    import torch.nn.functional as F
+
+    from harness.cost import flop_counter
+
+    z = torch.randn(2, 3, 7, 6, requires_grad=True)  # 252 elements; floor pooling drops a row
+    with flop_counter() as c, torch.no_grad():
+        F.max_pool2d(z, 2)
+        F.max_pool2d(z, 2, return_indices=True)
+    assert c.get_total_flops() == 2 * 252
+    y = F.max_pool2d(z, 2)
+    g = torch.ones_like(y)
+    with flop_counter() as c:
+        y.backward(g)
+    assert c.get_total_flops() == 252

@@ -16,7 +16,7 @@ from torch import nn
 
 from harness.algorithm import Capabilities, output_error
 from harness.errors import ConfigError, UnsupportedError
-from harness.networks import Conv, Tanh, build_network
+from harness.networks import Conv, Identity, Linear, Network, Tanh, build_network, init_weights
 from harness.registry import get_algorithm
 
 DT = torch.float64
@@ -159,8 +159,12 @@ def torch_layer(net, l, h, weight=None):
     return F.linear(h.flatten(1), w, layer.bias.detach())
 
 
+TORCH_ACT = {"relu": (torch.relu, lambda a: (a > 0).to(a.dtype)),
+             "tanh": (torch.tanh, lambda a: 1 - torch.tanh(a) ** 2)}  # f and f' by torch, per activation name
+
+
 def torch_post(net, l, a):
-    z = torch.relu(a)
+    z = TORCH_ACT[net.layers[l].act.name][0](a)
     return F.max_pool2d(z, net.layers[l].pool) if net.layers[l].pool > 1 else z
 
 
@@ -254,22 +258,130 @@ def test_fa_with_transposed_feedback_on_lenet_equals_bp_exactly():
         assert torch.equal(p.grad, want)
 
 
-@pytest.mark.parametrize("name", ["dfa", "drtp"])
-def test_direct_rules_on_lenet_project_to_the_pre_pool_activations(name):
-    """δ_l = (s B_l) ⊙ f'(a_l) at a_l before the max-pool (s = e, or y*/n for drtp), B_l: K × C·H·W."""
-    net = with_biases(lenet())
+def check_direct_rule(name, net, x, y):
+    """δ_l = (s B_l) ⊙ f'(a_l) at a_l before the max-pool (s = e, or y*/n for drtp); the plugin's B_l."""
     algo = get_algorithm(name)(net, {"feedback_scale": 1.5}, generator=torch.Generator().manual_seed(1))
-    x, y = batch()
     algo.compute_update(x, y)
-    assert [tuple(b.shape) for b in algo.B] == [(K, 6 * 28 * 28), (K, 16 * 10 * 10), (K, 120), (K, 84)]
     hs, as_ = reference_forward(net, x)
     e, onehot = softmax_error(as_[-1], y)
     s = onehot / len(y) if name == "drtp" else e
-    deltas = [(s @ b).view_as(a) * (a > 0).to(DT) for b, a in zip(algo.B, as_[:-1], strict=True)] + [e]
+    deltas = [(s @ b).view_as(a) * TORCH_ACT[layer.act.name][1](a)
+              for b, a, layer in zip(algo.B, as_[:-1], net.layers, strict=False)] + [e]
     for l, layer in enumerate(net.layers):
         gw, gb = local_grads(net, l, hs[l], deltas[l])
         close(layer.weight.grad, gw, f"{name} ∇W_{l}")
         close(layer.bias.grad, gb, f"{name} ∇b_{l}")
+    return algo
+
+
+@pytest.mark.parametrize("name", ["dfa", "drtp"])
+def test_direct_rules_on_lenet_project_to_the_pre_pool_activations(name):
+    """On LeNet (ReLU) B_l is K × C·H·W of a_l before the pool."""
+    net = with_biases(lenet())
+    algo = check_direct_rule(name, net, *batch())
+    assert [tuple(b.shape) for b in algo.B] == [(K, 6 * 28 * 28), (K, 16 * 10 * 10), (K, 120), (K, 84)]
+
+
+# ------------------------------------------------------------------ odd, non-square, tanh
+ODD_SHAPE = (2, 29, 17)
+
+
+def odd_net(dtype=DT):
+    """tanh; conv 3×3/s2/p1 → 15×9, max-pool 3 → 5×3; conv 3×3/s1/p1 → 5×3, max-pool 2 → 2×1 (floor,
+    both ways); fc 10 → 7; fc 7 → K. Every size odd, nothing square."""
+    net = Network("odd", [Conv(2, 4, 3, 2, 1, Tanh(), pool=3), Conv(4, 5, 3, 1, 1, Tanh(), pool=2),
+                          Linear(10, 7, Tanh()), Linear(7, K, Identity())]).to(dtype)
+    init_weights(net, "glorot", torch.Generator().manual_seed(2))
+    return with_biases(net) if dtype == DT else net
+
+
+def odd_batch(n=5, dtype=DT):
+    g = torch.Generator().manual_seed(11)
+    return torch.randn(n, *ODD_SHAPE, generator=g, dtype=dtype), torch.randint(0, K, (n,), generator=g)
+
+
+def test_odd_non_square_pooled_network_shapes():
+    net = odd_net()
+    x, _ = odd_batch()
+    hs, as_ = reference_forward(net, x)
+    assert [tuple(a.shape[1:]) for a in as_] == [(4, 15, 9), (5, 5, 3), (7,), (K,)]
+    assert net.input_shapes(ODD_SHAPE) == [ODD_SHAPE, (4, 5, 3), (10,), (7,)]
+    fw = net.forward_all(x)
+    for got, want in zip(fw.h[1:] + [fw.logits], hs[1:], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ConfigError, match="needs larger images"):
+        build_network("lenet5-relu", (1, 28, 8), K)  # narrow, not short: still refused
+
+
+def test_fa_with_transposed_feedback_on_the_odd_network_equals_bp_exactly():
+    net = odd_net(torch.float32)
+    x, y = odd_batch(dtype=torch.float32)
+    get_algorithm("bp")(net).compute_update(x, y)
+    bp = [p.grad.clone() for p in net.parameters()]
+    fa = get_algorithm("fa")(net)
+    fa.B = [layer.weight.detach().clone() for layer in net.layers[1:]]
+    fa.compute_update(x, y)
+    assert all(torch.equal(p.grad, want) for p, want in zip(net.parameters(), bp, strict=True))
+
+
+@pytest.mark.parametrize("name", ["fa", "usf", "kp"])
+def test_feedback_rules_on_the_odd_tanh_network_equal_the_vjp_loop(name):
+    net = odd_net()
+    algo = get_algorithm(name)(net, generator=torch.Generator().manual_seed(1))
+    x, y = odd_batch()
+    algo.compute_update(x, y)
+    B = [None] + [algo.feedback(l).clone() for l in range(1, len(net.layers))]
+    for l, (layer, (gw, gb)) in enumerate(zip(net.layers, feedback_rule(net, x, y, B), strict=True)):
+        close(layer.weight.grad - (algo.hp.decay * layer.weight if name == "kp" else 0), gw, f"{name} ∇W_{l}")
+        close(layer.bias.grad, gb, f"{name} ∇b_{l}")
+
+
+@pytest.mark.parametrize("name", ["dfa", "drtp"])
+def test_direct_rules_on_the_odd_tanh_network(name):
+    """tanh's f'(a) comes from z = f(a) before the pool, not from the pooled h."""
+    check_direct_rule(name, odd_net(), *odd_batch())
+
+
+def test_wm_mirrors_each_layer_with_noise_of_its_input_shape(monkeypatch):
+    import algorithms.wm as wm_module
+
+    net = odd_net()
+    wm = get_algorithm("wm")(net, {"mirror_batch": 3}, generator=torch.Generator().manual_seed(1))
+    seen, affine = [], wm_module.affine
+    monkeypatch.setattr(wm_module, "affine", lambda layer, z: seen.append(tuple(z.shape[1:])) or affine(layer, z))
+    wm.step(*odd_batch())
+    assert seen == [(4, 5, 3), (10,), (7,)]  # layers 2..L: the inputs of the forward pass, not ODD_SHAPE's order
+
+
+def test_a_pool_in_any_layer_makes_the_network_pooled():
+    first = Network("a", [Conv(1, 2, 3, 1, 1, Tanh(), pool=2), Conv(2, 2, 3, 1, 1, Tanh()), Linear(8, K, Identity())])
+    last = Network("b", [Conv(1, 2, 3, 1, 1, Tanh()), Conv(2, 2, 3, 1, 1, Tanh(), pool=2), Linear(8, K, Identity())])
+    plain = Network("c", [Conv(1, 2, 3, 1, 1, Tanh()), Linear(8, K, Identity())])
+    assert first.layer_kinds == last.layer_kinds == {"conv", "linear", "maxpool"}
+    assert plain.layer_kinds == {"conv", "linear"}
+
+
+# ------------------------------------------------------------------ the timing yardstick
+@pytest.mark.parametrize("name,shape", [("lenet5-relu", LENET_SHAPE), ("vgg-small-relu", (3, 32, 32)),
+                                        ("cnn-small-tanh", (1, 8, 8)), ("mlp-2x16-tanh", (1, 8, 8))])
+def test_bare_pytorch_yardstick_is_the_same_network(name, shape):
+    """sweeps/studies/timing.py's plain-PyTorch bp loop times the very network the harness builds."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from harness.network_presets import resolve_spec
+
+    path = Path(__file__).resolve().parent.parent / "sweeps" / "studies" / "timing.py"
+    spec = importlib.util.spec_from_file_location("study_timing", path)
+    timing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(timing)
+    x = torch.randn(3, *shape)
+    bare = timing.bare_network(resolve_spec(name), SimpleNamespace(x_train=x, num_classes=K))
+    ours = build_network(name, shape, K)
+    copy_into(ours, bare)
+    with torch.no_grad():
+        torch.testing.assert_close(bare(x), ours(x), rtol=1e-5, atol=1e-6)
 
 
 def test_rules_without_pooling_support_are_refused():
