@@ -46,7 +46,8 @@ def expected_trial_columns(algos) -> set[str]:
     flops = {"flops_per_update"} | {f"flops_per_update_{p}" for p in ("forward", "credit", "feedback")}
     plaus = {f"plausibility.{k}" for k in ("weight_transport", "transport", "local", "phases", "feedback_learning",
                                              "notes")}
-    return set(TRIAL_KEYS) | set(SUMMARY_METRICS) | flops | hps | plaus | {"angle_l1", "angle_l2", "error"}
+    diagnostics = {"angle_b_w_l2"} if "fa" in algos else set()  # fa's ∠(B_2, W_2)
+    return set(TRIAL_KEYS) | set(SUMMARY_METRICS) | flops | hps | plaus | {"angle_l1", "angle_l2", "error"} | diagnostics
 
 
 def metric_frame(out: Path) -> pd.DataFrame:
