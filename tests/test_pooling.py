@@ -359,3 +359,20 @@ def test_a_pool_in_any_layer_makes_the_network_pooled():
     plain = Network("c", [Conv(1, 2, 3, 1, 1, Tanh()), Linear(8, K, Identity())])
     assert first.layer_kinds == last.layer_kinds == {"conv", "linear", "maxpool"}
     assert plain.layer_kinds == {"conv", "linear"}
+
+
+def test_rules_without_pooling_support_are_refused():
+    net = lenet()
+    for name in ("tp", "dtp", "rfl"):
+        with pytest.raises(UnsupportedError, match=f"algorithm '{name}' does not support conv/maxpool layers"):
+            get_algorithm(name)(net)
+    with pytest.raises(UnsupportedError, match="does not support maxpool layers .network 'lenet5-relu'.; "
+                                               "supported layers: conv, linear"):
+        Capabilities(layers=frozenset({"linear", "conv"})).check("plugin", net)
+
+
+def test_output_error_on_lenet_is_the_softmax_error():
+    net = lenet()
+    x, y = batch()
+    _, e = output_error(net(x), y)
+    close(e, softmax_error(reference_forward(net, x)[1][-1], y)[0], "e")
