@@ -71,19 +71,27 @@ def trial_table(trials, reference: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def configuration(name: str) -> str:
+    """A trial's configuration: its name without the trailing ``-s<seed>`` (``dfa-lr3e-4-s2`` → ``dfa-lr3e-4``)."""
+    stem, _, seed = name.rpartition("-s")
+    return stem if stem and seed.isdigit() else name
+
+
 def by_algorithm(trials, reference: str) -> pd.DataFrame:
-    """Per algorithm (the summary's ``algo``): seeds, test accuracy mean ± sample std, epochs run, FLOPs
-    per update and its ratio to the reference trial's."""
+    """Per configuration (the trial name less its seed, so two learning rates of one algorithm stay
+    apart): seeds, diverged runs, test accuracy mean ± sample std over the runs that did not diverge,
+    epochs run, FLOPs per update and its ratio to the reference trial's."""
     ref = trials[reference][0]["flops_per_update"]["total"]
     rows = {}
-    for s, _ in trials.values():
-        rows.setdefault(s["algo"], []).append(s)
+    for name, (s, _) in trials.items():
+        rows.setdefault(configuration(name), []).append(s)
     out = []
     for algo, runs in rows.items():
-        acc = pd.Series([r["test_acc"] for r in runs])
+        acc = pd.Series([r["test_acc"] for r in runs if r["status"] == "ok"], dtype=float)
         flops = pd.Series([r["flops_per_update"]["total"] for r in runs])
-        out.append({"algorithm": algo, "seeds": len(runs), "test acc mean": acc.mean(),
-                    "± std": acc.std(ddof=1) if len(runs) > 1 else float("nan"),
+        out.append({"algorithm": algo, "seeds": len(runs), "diverged": sum(r["status"] == "diverged" for r in runs),
+                    "test acc mean": acc.mean(),
+                    "± std": acc.std(ddof=1) if len(acc) > 1 else float("nan"),
                     "epochs": "/".join(str(r["epochs"]) for r in runs),
                     "flops/upd (M)": flops.mean() / 1e6, "x ref flops": flops.mean() / ref})
     return pd.DataFrame(out)
