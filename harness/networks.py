@@ -256,7 +256,8 @@ class Network(nn.Module):
     @property
     def layer_kinds(self) -> set[str]:
         """The kinds of layer (``linear``, ``conv``) and ``maxpool`` if any layer pools."""
-        return {layer.kind for layer in self.layers} | ({"maxpool"} if any(layer.pool > 1 for layer in self.layers) else set())
+        pooled = {"maxpool"} if any(layer.pool > 1 for layer in self.layers) else set()
+        return {layer.kind for layer in self.layers} | pooled
 
     def input_shapes(self, x_shape) -> list[tuple[int, ...]]:
         """The shape of one example of each layer's input, from the network input's (no computation)."""

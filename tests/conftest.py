@@ -91,3 +91,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def oracle_close(actual, expected, what="", *, rtol: float, atol: float):
+    """``actual`` equals the independent oracle ``expected``: same shape, a non-zero oracle (a zero one
+    would prove nothing), within ``rtol`` and an absolute floor of ``atol`` times the oracle's largest
+    entry. The oracle tests bind their tolerance once: ``close = partial(oracle_close, rtol=…, atol=…)``."""
+    assert actual.shape == expected.shape, what
+    scale = expected.abs().max().item()
+    assert scale > 0, f"{what}: the oracle is zero, the comparison would prove nothing"
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * scale, msg=lambda m: f"{what}: {m}")

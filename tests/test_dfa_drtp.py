@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from harness.algorithm import Plausibility, output_error
 from harness.cost import CostMeter
 from harness.networks import build_network
 from harness.registry import get_algorithm
+from tests.conftest import oracle_close
 
 DT = torch.float64
 N, K = 16, 10
@@ -45,11 +47,7 @@ def batch(seed=0, n=N):
     return torch.randn(n, *SHAPE, generator=g, dtype=DT), torch.randint(0, K, (n,), generator=g)
 
 
-def close(actual, expected, what=""):
-    assert actual.shape == expected.shape, what
-    scale = expected.abs().max().item()
-    assert scale > 0, f"{what}: the oracle is zero, the comparison would prove nothing"
-    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12 * scale, msg=lambda m: f"{what}: {m}")
+close = partial(oracle_close, rtol=1e-10, atol=1e-12)  # tests/conftest.py
 
 
 # ------------------------------------------------------------------ the network, independently

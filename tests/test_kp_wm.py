@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from harness.cost import CostMeter
 from harness.metrics import angle_degrees
 from harness.networks import build_network
 from harness.registry import get_algorithm
+from tests.conftest import oracle_close
 
 DT = torch.float64
 
@@ -40,11 +42,7 @@ def batch(seed=0, n=32, dtype=torch.float32, shape=(1, 8, 8)):
     return torch.randn(n, *shape, generator=g, dtype=dtype), torch.randint(0, 10, (n,), generator=g)
 
 
-def close(actual, expected, what=""):
-    assert actual.shape == expected.shape, what
-    scale = expected.abs().max().item()
-    assert scale > 0, f"{what}: the oracle is zero, the comparison would prove nothing"
-    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-13 * scale, msg=lambda m: f"{what}: {m}")
+close = partial(oracle_close, rtol=1e-10, atol=1e-13)  # tests/conftest.py
 
 
 # ------------------------------------------------------------------ an MLP written out (tanh hidden layers)

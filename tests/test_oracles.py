@@ -11,6 +11,7 @@ plugin's order), and Adam written out. Tolerances are ~1e-9 relative: a 1% chang
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from harness.algorithm import Plausibility
 from harness.errors import CreditbenchError
 from harness.networks import build_network
 from harness.registry import get_algorithm
+from tests.conftest import oracle_close
 
 DT = torch.float64
 N, CLASSES = 32, 10
@@ -99,11 +101,7 @@ def batch(seed=0, n=N):
     return torch.randn(n, 1, 8, 8, generator=g, dtype=DT), torch.randint(0, CLASSES, (n,), generator=g)
 
 
-def close(actual, expected, what=""):
-    assert actual.shape == expected.shape, what
-    scale = expected.abs().max().item()
-    assert scale > 0, f"{what}: the oracle is zero, the comparison would prove nothing"
-    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12 * scale, msg=lambda m: f"{what}: {m}")
+close = partial(oracle_close, rtol=1e-9, atol=1e-12)  # tests/conftest.py
 
 
 def check_grads(algo, grads, what):

@@ -9,6 +9,8 @@ rule's feedback in place of W, or dfa/drtp's projection at a_l), none of which r
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,7 @@ from harness.algorithm import Capabilities, output_error
 from harness.errors import ConfigError, UnsupportedError
 from harness.networks import Conv, Identity, Linear, Network, Tanh, build_network, init_weights
 from harness.registry import get_algorithm
+from tests.conftest import oracle_close
 
 DT = torch.float64
 K = 10
@@ -206,11 +209,7 @@ def feedback_rule(net, x, y, B):
     return [local_grads(net, l, hs[l], deltas[l]) for l in range(L)]
 
 
-def close(actual, expected, what):
-    assert actual.shape == expected.shape, what
-    scale = expected.abs().max().item()
-    assert scale > 0, f"{what}: zero oracle"
-    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12 * scale, msg=lambda m: f"{what}: {m}")
+close = partial(oracle_close, rtol=1e-10, atol=1e-12)  # tests/conftest.py
 
 
 def batch(n=8, seed=0):

@@ -15,6 +15,7 @@ relative, in float64 with random biases: a 1% change of any term fails.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from harness.cost import CostMeter
 from harness.errors import CreditbenchError
 from harness.networks import Conv, Identity, Linear, Network, Tanh
 from harness.registry import get_algorithm
+from tests.conftest import oracle_close
 
 DT = torch.float64
 N, CLASSES = 16, 10
@@ -161,11 +163,7 @@ def record_deltas(algo):
     return seen
 
 
-def close(actual, expected, what=""):
-    assert actual.shape == expected.shape, what
-    scale = expected.abs().max().item()
-    assert scale > 0, f"{what}: the oracle is zero, the comparison would prove nothing"
-    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-13 * scale, msg=lambda m: f"{what}: {m}")
+close = partial(oracle_close, rtol=1e-10, atol=1e-13)  # tests/conftest.py
 
 
 def check(algo, seen, expected, out=None, what=""):

@@ -18,11 +18,8 @@ from pathlib import Path
 import torch
 
 from harness.datasets import load_dataset
-from harness.hparams import split_overrides
-from harness.registry import get_algorithm
-from harness.train import Trainer
 
-from timing import DATASET, EPOCHS, list_network, read_list, timed_window
+from timing import DATASET, list_network, read_list, selected, timed_window, trainer_for
 
 
 def main() -> None:
@@ -34,20 +31,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = read_list(args.list)
-    names = args.only.split(",") if args.only else [n for n, (_, seed, _) in rows.items() if seed == 0]
-    if args.reference not in names:
-        names.insert(0, args.reference)
-    unknown = [n for n in names if n not in rows]
-    if unknown:
-        raise SystemExit(f"error: unknown trial(s) {', '.join(unknown)}; the list has {', '.join(rows)}")
+    names = selected(rows, args.only, args.reference)
     data, network = load_dataset(DATASET), list_network(args.list)
     flops = {}
     for name in names:
-        algo, seed, sets = rows[name]
-        train, params = split_overrides(sets, get_algorithm(algo).Params, algo)
-        trainer = Trainer({"algo": algo, "dataset": DATASET, "network": network, "seed": seed, "threads": 1,
-                           "train": {"epochs": EPOCHS, **train}, "params": params}, data=data)
-        trainer._pretrain()
+        trainer = trainer_for(rows[name], data, network)
         timed_window(trainer, args.updates)
         flops[name] = trainer.meter.summary()["flops_per_update"]
     ref = flops[args.reference]["total"]

@@ -55,6 +55,28 @@ def read_list(path: Path) -> dict[str, tuple[str, int, dict[str, str]]]:
     return rows
 
 
+def selected(rows: dict, only: str | None, reference: str) -> list[str]:
+    """The trial names to measure: ``only`` (comma-separated) or every seed-0 line, the reference first if
+    missing; unknown names end the run with a one-line error."""
+    names = only.split(",") if only else [n for n, (_, seed, _) in rows.items() if seed == 0]
+    if reference not in names:
+        names.insert(0, reference)
+    unknown = [n for n in names if n not in rows]
+    if unknown:
+        raise SystemExit(f"error: unknown trial(s) {', '.join(unknown)}; the list has {', '.join(rows)}")
+    return names
+
+
+def trainer_for(row: tuple[str, int, dict[str, str]], data, network: str) -> Trainer:
+    """A fresh trainer of one list line (algorithm, seed, --set values), its pre-training done."""
+    algo, seed, sets = row
+    train, params = split_overrides(sets, get_algorithm(algo).Params, algo)
+    trainer = Trainer({"algo": algo, "dataset": DATASET, "network": network, "seed": seed, "threads": 1,
+                       "train": {"epochs": EPOCHS, **train}, "params": params}, data=data)
+    trainer._pretrain()
+    return trainer
+
+
 def timed_window(trainer: Trainer, n: int) -> float:
     """Mean wall seconds per update over n updates (batching, the algorithm's step, the optimiser)."""
     data, bs, meter, algo, opt = trainer.data, trainer.tc.batch_size, trainer.meter, trainer.algo, trainer.optimizer
@@ -138,12 +160,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = read_list(args.list)
-    names = args.only.split(",") if args.only else [n for n, (_, seed, _) in rows.items() if seed == 0]
-    if args.reference not in names:
-        names.insert(0, args.reference)
-    unknown = [n for n in names if n not in rows]
-    if unknown:
-        raise SystemExit(f"error: unknown trial(s) {', '.join(unknown)}; the list has {', '.join(rows)}")
+    names = selected(rows, args.only, args.reference)
     data = load_dataset(DATASET)
     network = list_network(args.list)
     spec = resolve_spec(network)
@@ -158,12 +175,8 @@ def main() -> None:
                                 "s_per_update": bare_bp_window(data, args.updates, spec, ref_train)})
                 print(f"round {r} {name:>18}: {records[-1]['s_per_update'] * 1e3:8.2f} ms/update", flush=True)
                 continue
-            algo, seed, sets = rows[name]
-            train, params = split_overrides(sets, get_algorithm(algo).Params, algo)
-            trainer = Trainer({"algo": algo, "dataset": DATASET, "network": network, "seed": seed, "threads": 1,
-                               "train": {"epochs": EPOCHS, **train}, "params": params}, data=data)
-            trainer._pretrain()
-            period = int(params.get("sleep_every", 1)) if params.get("schedule") == "sleep_wake" else 1
+            trainer, sets = trainer_for(rows[name], data, network), rows[name][2]
+            period = int(sets.get("sleep_every", 1)) if sets.get("schedule") == "sleep_wake" else 1
             n = math.ceil(args.updates / period) * period
             records.append({"round": r, "trial": name, "updates": n, "s_per_update": timed_window(trainer, n)})
             print(f"round {r} {name:>18}: {records[-1]['s_per_update'] * 1e3:8.2f} ms/update over {n}", flush=True)
