@@ -24,8 +24,9 @@ input has no target). The inverses are trained on noise-corrupted reconstruction
     h̃_{l-1} = h_{l-1} + ε,  ε ~ N(0, σ²I),   L_inv,l = ‖g_l(f_l(W_l h̃_{l-1} + b_l)) − h̃_{l-1}‖² / (2n),
 
 with their own Adam optimizer (own state and learning rate ``feedback_lr``, not the shared optimizer),
-``feedback_steps`` updates per forward update (fresh noise each) and optional ``pretrain_epochs`` of
-inverse-only training before forward training (as Meulemans et al. 2020 do). ``inverse=exact`` uses the
+``feedback_steps`` updates per forward update (fresh noise each), optional ``pretrain_epochs`` of
+inverse-only training before forward training and ``feedback_epochs`` of it after every forward epoch
+(as Meulemans et al. 2020 do; both counted as feedback work, the first as pre-training). ``inverse=exact`` uses the
 analytic inverse of the forward layer instead, g_l(h_l) = W_l⁺ (f_l⁻¹(clip(h_l)) − b_l) (pseudoinverse
 of W_l; f_L⁻¹ is the identity), and learns nothing: an oracle for tests and diagnostics (weight transport,
 declared), in which the feedback hyperparameters do not act; its pseudoinverses are counted with the
@@ -96,6 +97,8 @@ class TargetProp(Algorithm):
                                  search=randint(1, 5), when=LEARNED)
         pretrain_epochs: int = hp(0, "epochs of inverse-only training before forward training", ge=0, le=1000,
                                   search=randint(0, 5), when=LEARNED)
+        feedback_epochs: int = hp(0, "epochs of inverse-only training after every forward epoch", ge=0, le=100,
+                                  when=LEARNED)
         schedule: Literal["alternating", "parallel"] = hp(
             "alternating", "alternating: inverses updated first, then targets from them; parallel: both from the "
                            "same state (Bartunov et al. 2018)", search=choice("alternating", "parallel"), when=LEARNED)
@@ -158,21 +161,29 @@ class TargetProp(Algorithm):
 
     @torch.no_grad()
     def train_inverses(self, fw: Forward) -> None:
-        """``feedback_steps`` Adam updates of every learned inverse on noise-corrupted reconstruction."""
+        """``feedback_steps`` Adam updates of every learned inverse (gradients from ``feedback_gradients``)."""
         if self.inv_opt is None:
             return
-        layers = self.net.layers
         for _ in range(self.hp.feedback_steps):
-            for i in self.V:
-                h = fw.h[i].flatten(1)
-                noisy = h + self.hp.sigma * torch.randn(h.shape, generator=self.gen, device=h.device, dtype=h.dtype)
-                z = layers[i].act(layers[i].pre(noisy))
-                u = z @ self.V[i].t() + self.c[i]
-                r = layers[i - 1].act(u)
-                d = layers[i - 1].act.backward((r - noisy) / len(h), u, r)
-                self.V[i].grad = d.t() @ z
-                self.c[i].grad = d.sum(0)
+            self.feedback_gradients(fw)
             self.inv_opt.step()
+
+    def noise(self, like: torch.Tensor) -> torch.Tensor:
+        """σ·ε, ε ~ N(0, I), drawn from the algorithm's generator."""
+        return self.hp.sigma * torch.randn(like.shape, generator=self.gen, device=like.device, dtype=like.dtype)
+
+    def feedback_gradients(self, fw: Forward) -> None:
+        """Gradient of every inverse's noisy-reconstruction loss L_inv,l into ``.grad`` (noise in layer order)."""
+        layers = self.net.layers
+        for i in self.V:
+            h = fw.h[i].flatten(1)
+            noisy = h + self.noise(h)
+            z = layers[i].act(layers[i].pre(noisy))
+            u = z @ self.V[i].t() + self.c[i]
+            r = layers[i - 1].act(u)
+            d = layers[i - 1].act.backward((r - noisy) / len(h), u, r)
+            self.V[i].grad = d.t() @ z
+            self.c[i].grad = d.sum(0)
 
     # ---------------------------------------------------------------- targets and update
     def penultimate(self, fw: Forward, out: list[torch.Tensor], t_top: torch.Tensor, e: torch.Tensor):
@@ -237,16 +248,24 @@ class TargetProp(Algorithm):
         return out
 
     @torch.no_grad()
-    def pretrain(self, data, batch_size):
-        if self.inv_opt is None or self.hp.pretrain_epochs == 0:
+    def feedback_epochs(self, data, batch_size: int, epochs: int) -> None:
+        """``epochs`` passes over the training set (batches and augmentation from the algorithm's generator)
+        training only the inverses; the forward weights are untouched."""
+        if self.inv_opt is None or epochs == 0:
             return
         n = len(data.y_train)
         bs = min(batch_size, n)
-        for _ in range(self.hp.pretrain_epochs):
+        for _ in range(epochs):
             perm = torch.randperm(n, generator=self.gen, device=self.device)
             for b in range(max(1, n // bs)):
                 x, _ = data.train_batch(perm[b * bs:(b + 1) * bs], self.gen)
-                self.train_inverses(self.net.forward_all(x))  # the cost meter counts all of it as pre-training
+                self.train_inverses(self.net.forward_all(x))
+
+    def pretrain(self, data, batch_size):
+        self.feedback_epochs(data, batch_size, self.hp.pretrain_epochs)  # the meter counts it as pre-training
+
+    def between_epochs(self, data, batch_size):
+        self.feedback_epochs(data, batch_size, self.hp.feedback_epochs)  # the meter counts it as feedback work
 
     @torch.no_grad()
     def diagnostics(self, x, y):

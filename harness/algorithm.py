@@ -10,6 +10,8 @@ as a nested ``Params(HParams)`` class and its ``capabilities``, and implements
 * optionally ``step(x, y)``, one training update (the default is ``compute_update``), when the
   algorithm also learns feedback: it runs its feedback work under ``self.phase("feedback")``
   before or after ``compute_update`` (tp's inverses, rfl's sleep–wake schedule);
+* optionally ``pretrain(data, batch_size)`` (feedback work before the first update) and
+  ``between_epochs(data, batch_size)`` (feedback-only work after every forward epoch);
 * ``extra_state``/``load_extra_state`` for checkpoints, ``diagnostics`` for per-epoch metrics;
 * ``plausibility()``: what the configuration actually run does (weight transport, locality,
   phases, feedback learning), recorded in every trial summary.
@@ -150,6 +152,10 @@ class Algorithm:
 
     def pretrain(self, data, batch_size: int) -> None:
         """Optional feedback pre-training before forward training (e.g. DTP inverses)."""
+
+    def between_epochs(self, data, batch_size: int) -> None:
+        """Optional feedback-only work after every forward epoch (e.g. DDTP's extra feedback epochs),
+        the same work each time; the cost meter counts it as feedback, amortised over the updates."""
 
     def update_kind(self) -> str:
         """Kind of the next update; updates of one kind do the same work (the cost meter counts

@@ -15,6 +15,12 @@ phase is not attributed. Phases nest: the innermost one gets the work.
 Work before the first update (``Algorithm.pretrain``: rfl's σ̂ warm-up and first sleep, tp/dtp's
 inverse pre-training) runs inside :meth:`CostMeter.pretraining`, a FLOP window of its own: all of it
 is ``pretrain_flops``, and counts as feedback work in the cumulative FLOPs, not in any update's cost.
+
+Feedback-only work after every forward epoch (``Algorithm.between_epochs``: DDTP's extra feedback
+epochs) runs inside :meth:`CostMeter.between_epochs`: its first call is FLOP-counted (every call does
+the same work: same data, same batches), every call is timed, and all of it is feedback work. It is an
+update's cost too, amortised: per-update FLOPs and mean time add (its total so far) / (updates so far),
+which over whole epochs is exactly one interlude per epoch's updates.
 """
 
 from __future__ import annotations
@@ -136,6 +142,8 @@ class CostMeter:
         self._cuda_events: list = []
         self.memory = MemoryWatch(self.device)
         self.pretrain_flops = 0.0  # FLOPs of the work before the first update (see pretraining)
+        self.interlude_flops: dict[str, int] | None = None  # FLOPs by phase of one between-epochs call
+        self.interlude_ns: list[int] = []  # wall time of each between-epochs call
 
     # ------------------------------------------------------------------ phases
     def _flush(self) -> None:
@@ -172,6 +180,31 @@ class CostMeter:
         with counter:
             yield
         self.pretrain_flops += float(counter.get_total_flops())
+
+    # ------------------------------------------------------------------ between epochs
+    @contextmanager
+    def between_epochs(self):
+        """Feedback-only work after a forward epoch: FLOP-counted on the first call, timed on every call;
+        all of it is feedback work (whatever phase it marks), amortised over the updates."""
+        counter = flop_counter(self.elementwise) if self.interlude_flops is None else None
+        t0 = time.perf_counter_ns()
+        if counter is not None:
+            counter.__enter__()
+        try:
+            yield
+        finally:
+            if counter is not None:
+                counter.__exit__(None, None, None)
+                self.interlude_flops = {p: 0 for p in PHASES} | {"feedback": int(counter.get_total_flops())}
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.interlude_ns.append(time.perf_counter_ns() - t0)
+
+    def _interlude_share(self) -> dict[str, float]:
+        """Between-epochs work so far per update so far, by phase (zeros when there is none)."""
+        if not self.interlude_ns or self.updates_seen == 0:
+            return {p: 0.0 for p in PHASES}
+        return {p: len(self.interlude_ns) * f / self.updates_seen for p, f in self.interlude_flops.items()}
 
     # ------------------------------------------------------------------ updates
     @contextmanager
@@ -230,15 +263,18 @@ class CostMeter:
         """Amortised FLOPs per update by phase (None until every kind of the mix has been counted)."""
         if any(k not in self.kind_flops for k, w in self.mix.items() if w > 0):
             return None
-        return {p: self._amortised({k: f[p] for k, f in self.kind_flops.items()}) for p in PHASES}
+        extra = self._interlude_share()
+        return {p: self._amortised({k: f[p] for k, f in self.kind_flops.items()}) + extra[p] for p in PHASES}
 
     def cumulative_flops(self) -> dict[str, float]:
         """FLOPs of every update run so far, by phase (NaN if a kind that ran was never counted), and
-        of the pre-training, which is feedback work."""
+        of the pre-training and the between-epochs work, which are feedback work."""
         out = {}
         for p in PHASES:
             out[p] = float(sum(n * self.kind_flops[k][p] if k in self.kind_flops else float("nan")
                                for k, n in self.kind_updates.items())) + (self.pretrain_flops if p == "feedback" else 0)
+            if self.interlude_ns:
+                out[p] += len(self.interlude_ns) * self.interlude_flops[p]
         return out
 
     # ------------------------------------------------------------------ summary
@@ -247,7 +283,9 @@ class CostMeter:
         flops = self.flops_by_phase
         out: dict = {"flops_per_update": {"total": sum(flops.values()), **flops} if flops else {}}
         means = {k: float(np.mean(v)) / 1e9 for k, v in self.step_ns.items() if v}
-        out["seconds_per_update"] = self._amortised(means)  # amortised mean: rare work (sleeps) included
+        interlude_s = sum(self.interlude_ns) / 1e9 / self.updates_seen if self.updates_seen else 0.0
+        # amortised mean: rare work (sleeps, between-epochs feedback) included
+        out["seconds_per_update"] = self._amortised(means) + interlude_s
         every = [t for v in self.step_ns.values() for t in v]
         if every:
             ns = np.asarray(every, dtype=np.float64)
@@ -258,7 +296,10 @@ class CostMeter:
         if self.phase_ns:
             out["seconds_per_update_by_phase"] = {
                 p: self._amortised({k: float(np.mean(v[p])) / 1e9 for k, v in self.phase_ns.items() if v[p]})
-                for p in PHASES}
+                + (interlude_s if p == "feedback" else 0.0) for p in PHASES}
+        if self.interlude_ns:
+            out["between_epochs"] = {"calls": len(self.interlude_ns), "flops_each": sum(self.interlude_flops.values()),
+                                     "seconds_mean": float(np.mean(self.interlude_ns)) / 1e9}
         out["update_mix"] = dict(self.mix)
         out["peak_memory_bytes"] = self.memory.peak_bytes()
         return out
@@ -269,7 +310,8 @@ class CostMeter:
                 "kind_flops": {k: dict(v) for k, v in self.kind_flops.items()},
                 "step_ns": {k: list(v) for k, v in self.step_ns.items()},
                 "phase_ns": {k: {p: list(v) for p, v in d.items()} for k, d in self.phase_ns.items()},
-                "peak_memory_bytes": self.memory.peak_bytes()}
+                "interlude_flops": dict(self.interlude_flops) if self.interlude_flops is not None else None,
+                "interlude_ns": list(self.interlude_ns), "peak_memory_bytes": self.memory.peak_bytes()}
 
     def load_state_dict(self, state: dict) -> None:
         self.updates_seen = state["updates_seen"]
@@ -278,6 +320,9 @@ class CostMeter:
         self.step_ns = {k: list(v) for k, v in state["step_ns"].items()}
         self.phase_ns = {k: {p: list(v) for p, v in d.items()} for k, d in state["phase_ns"].items()}
         self.memory.carried = state.get("peak_memory_bytes")
+        flops = state.get("interlude_flops")  # absent in checkpoints from before between-epochs work
+        self.interlude_flops = dict(flops) if flops is not None else None
+        self.interlude_ns = list(state.get("interlude_ns", []))
 
 
 def _rss_kib(field: str) -> int | None:

@@ -123,6 +123,12 @@ class Trainer:
             self.algo.pretrain(self.data, self.tc.batch_size)
         self.train_seconds += time.perf_counter() - t0
 
+    def _between_epochs(self) -> None:
+        t0 = time.perf_counter()
+        with self.meter.between_epochs():
+            self.algo.between_epochs(self.data, self.tc.batch_size)
+        self.train_seconds += time.perf_counter() - t0
+
     def train_epoch(self) -> dict:
         data, bs = self.data, self.tc.batch_size
         n = len(data.y_train)
@@ -220,6 +226,8 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.tc.lr_at(self.epoch)
             train = self.train_epoch()
+            if math.isfinite(train["train_loss"]) and type(self.algo).between_epochs is not Algorithm.between_epochs:
+                self._between_epochs()
             row = self._epoch_row(train)
             self.history.append(row)
             self._update_stopping(row)

@@ -213,7 +213,8 @@ def test_state_dict_round_trip_resumes_the_statistics(clock):
         "updates_seen": 4, "kind_updates": {"update": 4},
         "kind_flops": {"update": {"forward": 0, "credit": 128, "feedback": 0}},
         "step_ns": {"update": [20, 30, 40]},
-        "phase_ns": {"update": {"forward": [0, 0, 0], "credit": [20, 30, 40], "feedback": [0, 0, 0]}}}
+        "phase_ns": {"update": {"forward": [0, 0, 0], "credit": [20, 30, 40], "feedback": [0, 0, 0]}},
+        "interlude_flops": None, "interlude_ns": []}
     resumed = CostMeter(warmup=1)
     resumed.load_state_dict(state)
     with meter.update(), meter.phase("credit"):
@@ -339,3 +340,37 @@ def test_cpu_peak_memory_is_not_reported_where_the_high_water_mark_cannot_be_res
     monkeypatch.setattr(cost, "open", no_proc, raising=False)
     watch = cost.MemoryWatch(torch.device("cpu"))
     assert watch.start_kib is None and watch.peak_bytes() is None
+
+
+def test_between_epochs_work_is_feedback_counted_once_timed_always_and_amortised(clock):
+    """Two epochs of 3 updates (credit: one 4×4 matmul = 128 FLOPs, 10 ns each after warm-up), each followed by
+    feedback-only work of one 8×8 matmul (1024 FLOPs, whatever phase it marks) taking 60 and 90 ns."""
+    meter = CostMeter(warmup=0, elementwise=False)
+    a, b = torch.randn(4, 4), torch.randn(8, 8)
+    durations = iter([60, 90])
+    for _ in range(2):
+        for _ in range(3):
+            with meter.update(), meter.phase("credit"):
+                a @ a
+                clock.tick(10)
+        with meter.between_epochs(), meter.phase("credit"):
+            b @ b
+            clock.tick(next(durations))
+    assert meter.interlude_flops == {"forward": 0, "credit": 0, "feedback": 1024}
+    assert meter.interlude_ns == [60, 90]
+    # per update: the first update was counted (not timed); the 5 timed ones took 10 ns; 2·1024 / 6 updates
+    assert meter.flops_by_phase == pytest.approx({"forward": 0, "credit": 128, "feedback": 2 * 1024 / 6}, rel=1e-12)
+    assert meter.cumulative_flops() == {"forward": 0, "credit": 6 * 128, "feedback": 2 * 1024}
+    s = meter.summary()
+    assert s["flops_per_update"]["total"] == pytest.approx(128 + 2 * 1024 / 6, rel=1e-12)
+    assert s["seconds_per_update"] == pytest.approx(10e-9 + 150e-9 / 6, rel=1e-9)
+    assert s["seconds_per_update_median"] == pytest.approx(10e-9)  # the median is of updates alone
+    assert s["seconds_per_update_by_phase"]["feedback"] == pytest.approx(150e-9 / 6, rel=1e-9)
+    assert s["between_epochs"] == {"calls": 2, "flops_each": 1024, "seconds_mean": pytest.approx(75e-9)}
+    resumed = CostMeter(warmup=0, elementwise=False)
+    resumed.load_state_dict(meter.state_dict())
+    assert resumed.summary() == {**s, "peak_memory_bytes": resumed.summary()["peak_memory_bytes"]}
+    old = {k: v for k, v in meter.state_dict().items() if not k.startswith("interlude")}
+    legacy = CostMeter()
+    legacy.load_state_dict(old)  # a checkpoint from before between-epochs work
+    assert legacy.interlude_flops is None and legacy.interlude_ns == []

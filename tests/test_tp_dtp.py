@@ -368,3 +368,49 @@ def test_pretrain_draws_batches_and_augmentation_from_the_algorithms_generator(d
     spy = Spy()
     a.pretrain(spy, 512)
     assert len(spy.generators) == len(digits.y_train) // 512 and all(g is a.gen for g in spy.generators)
+
+
+def test_feedback_epochs_train_only_the_inverses_after_every_epoch_and_are_counted_as_feedback(digits):
+    """``feedback_epochs=2``: after each forward epoch, two passes over the training batches update the inverses
+    (the forward weights are untouched by them), the same work each time; the trial's cumulative feedback
+    FLOPs are the updates' own plus calls × the counted interlude, which is n_batches · 2 · (one forward pass
+    + one inverse update)."""
+    from harness.cost import CostMeter
+
+    cfg = {"algo": "dtp", "dataset": "digits", "network": "mlp-2x16-tanh", "seed": 0,
+           "train": {"epochs": 2, "batch_size": 256}, "params": {"feedback_epochs": 2, "penultimate": "inverse"}}
+    trainer = Trainer(cfg)
+    forward = [p.clone() for p in trainer.net.parameters()]
+    calls = []
+    inner = type(trainer.algo).feedback_epochs
+
+    def spy(self, data, batch_size, epochs):
+        before = [p.clone() for p in self.net.parameters()]
+        V = {i: v.clone() for i, v in self.V.items()}
+        inner(self, data, batch_size, epochs)
+        calls.append((epochs, all(torch.equal(a, b) for a, b in zip(before, self.net.parameters())),
+                      all(not torch.equal(V[i], self.V[i]) for i in V)))
+    type(trainer.algo).feedback_epochs = spy
+    try:
+        s = trainer.run()
+    finally:
+        type(trainer.algo).feedback_epochs = inner
+    assert calls == [(0, True, False), (2, True, True), (2, True, True)]  # pretrain (0 epochs), then per epoch
+    assert not all(torch.equal(a, b) for a, b in zip(forward, trainer.net.parameters()))
+    meter = trainer.meter
+    n_batches = len(trainer.data.y_train) // 256
+    probe = CostMeter(elementwise=meter.elementwise)
+    x, y = trainer.data.x_train[:256], trainer.data.y_train[:256]
+    with probe.update():
+        with probe.phase("forward"):
+            fw = trainer.algo.net.forward_all(x)
+        with probe.phase("feedback"):
+            trainer.algo.train_inverses(fw)
+    one = probe.kind_flops["update"]
+    assert meter.interlude_flops["feedback"] == 2 * n_batches * (one["forward"] + one["feedback"])
+    assert s["between_epochs"]["calls"] == 2 and len(meter.interlude_ns) == 2
+    updates = s["updates"]
+    assert s["flops_per_update"]["feedback"] == pytest.approx(
+        meter.kind_flops["update"]["feedback"] + 2 * meter.interlude_flops["feedback"] / updates, rel=1e-12)
+    assert trainer.history[-1]["flops_feedback"] == pytest.approx(
+        updates * meter.kind_flops["update"]["feedback"] + 2 * meter.interlude_flops["feedback"], rel=1e-12)
