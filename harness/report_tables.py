@@ -1,17 +1,14 @@
 """The report's tables: summary, difference to the baseline, hyperparameters, protocol, failures.
 
-Statistics (stated in the report too):
-
-* The summary uses final-phase trials only. Accuracy statistics are over every final-phase trial
-  with a finite test accuracy at its best-validation epoch (``ok``, ``stopped`` and ``diverged``
-  trials that had a best epoch before diverging: what early stopping would have kept); trials
-  without one (failed, or diverged before any finite validation) are counted, never averaged.
-* mean ± sample standard deviation (ddof = 1); 95% CI = mean ± t(0.975, n−1)·std/√n; n = 1 gives
-  no std and no CI.
-* Difference to the baseline algorithm (``--baseline``, default :data:`harness.schema.DEFAULT_BASELINE`): Welch's t-test and Welch–Satterthwaite 95% CI of
-  (mean test accuracy − baseline mean); significant when p < 0.05.
+* The summary uses final-phase trials only. Accuracy statistics (:mod:`harness.report_stats`) are over
+  every final-phase trial with a finite test accuracy at its best-validation epoch (``ok``, ``stopped``
+  and ``diverged`` trials that had a best epoch before diverging: what early stopping would have kept);
+  trials without one (failed, or diverged before any finite validation) are counted, never averaged.
+* Difference to the baseline algorithm (``--baseline``, default :data:`harness.schema.DEFAULT_BASELINE`):
+  Welch's test, p-values Holm-adjusted across the table; significant when the adjusted p < 0.05.
 * Updates / FLOPs to target: per trial, the first epoch whose accuracy (validation by default)
-  reaches the target, from ``epochs.csv``; averaged over the trials that reach it.
+  reaches the target, from ``epochs.csv``; averaged over the trials that reach it. Undefined (not
+  "not reached") when the target is relative and the baseline is absent.
 """
 
 from __future__ import annotations
@@ -20,45 +17,11 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from harness.errors import ConfigError
 from harness.report_data import GROUP, Results, search_space
+from harness.report_stats import ALPHA, CONFIDENCE, decimals_for, holm, mean_std_ci, welch  # noqa: F401
 from harness.schema import COST_PHASES, DEFAULT_BASELINE, FAILED_STATUSES, SWEEP_STAGES, TRIAL_STATUSES
-
-CONFIDENCE = 0.95
-
-
-# ---------------------------------------------------------------------------- statistics
-def mean_std_ci(values) -> dict:
-    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    n = int(x.size)
-    out = {"n": n, "mean": float(x.mean()) if n else math.nan, "std": math.nan, "ci_low": math.nan,
-           "ci_high": math.nan}
-    if n >= 2:
-        std = float(x.std(ddof=1))
-        half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * std / math.sqrt(n)
-        out.update(std=std, ci_low=out["mean"] - half, ci_high=out["mean"] + half)
-    return out
-
-
-def welch(a, b) -> dict:
-    """Difference of means a − b with Welch's 95% CI and two-sided p-value (NaN when n < 2 in either)."""
-    a = np.asarray([v for v in a if np.isfinite(v)], dtype=float)
-    b = np.asarray([v for v in b if np.isfinite(v)], dtype=float)
-    out = {"diff": float(a.mean() - b.mean()) if a.size and b.size else math.nan,
-           "ci_low": math.nan, "ci_high": math.nan, "p": math.nan}
-    if a.size < 2 or b.size < 2:
-        return out
-    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return out
-    df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * se
-    p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    out.update(ci_low=out["diff"] - half, ci_high=out["diff"] + half, p=p)
-    return out
 
 
 # ---------------------------------------------------------------------------- target
@@ -128,6 +91,8 @@ def summary_table(results: Results, *, baseline: str = DEFAULT_BASELINE, target:
         group_epochs = epochs[(epochs["dataset"] == dataset) & (epochs["network"] == network)] if not epochs.empty else epochs
         hits = first_reaching(group_epochs[group_epochs["phase"] == "final"] if not group_epochs.empty else group_epochs,
                               target_metric, target_acc)
+        n_test = _num(group, "n_test").dropna()
+        start = len(rows)
         for algo in algo_order(final["algo"], baseline):
             sub = final[final["algo"] == algo]
             acc = _num(sub, "test_acc")
@@ -137,6 +102,7 @@ def summary_table(results: Results, *, baseline: str = DEFAULT_BASELINE, target:
             be = mean_std_ci(_num(used, "best_epoch"))
             status = sub["status"].value_counts()
             h = hits.merge(sub[["source", "trial_id"]], on=["source", "trial_id"], how="inner")
+            defined = math.isfinite(target_acc)  # a relative target without the baseline is undefined
             flops = _num(sub, "flops_per_update").mean()
             secs = _seconds(sub).mean()
             d = welch(_num(used, "test_acc"), ref_acc) if algo != baseline else {
@@ -147,13 +113,14 @@ def summary_table(results: Results, *, baseline: str = DEFAULT_BASELINE, target:
                 "config_id": sub["config_id"].iloc[0] if "config_id" in sub else None,
                 "trials": len(sub), "n": t["n"],
                 **{s: int(status.get(s, 0)) for s in TRIAL_STATUSES},
+                "n_test": float(n_test.iloc[0]) if len(n_test) else math.nan,
                 "test_acc_mean": t["mean"], "test_acc_std": t["std"],
                 "test_acc_ci_low": t["ci_low"], "test_acc_ci_high": t["ci_high"],
                 "best_val_acc_mean": v["mean"], "best_val_acc_std": v["std"],
                 "best_epoch_mean": be["mean"], "best_epoch_std": be["std"],
                 "epochs_mean": _num(sub, "epochs").mean(),
                 "target_acc": target_acc, "target_metric": target_metric,
-                "reached_target": len(h),
+                "reached_target": len(h) if defined else math.nan,
                 "updates_to_target_mean": h["updates"].mean() if len(h) else math.nan,
                 "flops_to_target_mean": h["flops"].mean() if len(h) else math.nan,
                 "flops_per_update": flops,
@@ -164,10 +131,41 @@ def summary_table(results: Results, *, baseline: str = DEFAULT_BASELINE, target:
                 "time_ratio": secs / ref_time if ref_time and math.isfinite(ref_time) else math.nan,
                 "diff_test_acc": d["diff"], "diff_ci_low": d["ci_low"], "diff_ci_high": d["ci_high"],
                 "diff_p_value": d["p"],
-                "diff_significant": (bool(d["p"] < 1 - CONFIDENCE) if math.isfinite(d["p"]) else None),
             }
             rows.append(row)
-    return pd.DataFrame(rows)
+        # one family of comparisons per table: Holm across this dataset × network's algorithms
+        adjusted = holm([r["diff_p_value"] for r in rows[start:]])
+        for r, p in zip(rows[start:], adjusted):
+            r["diff_p_holm"] = p
+            r["diff_significant"] = bool(p < ALPHA) if math.isfinite(p) else None
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    return frame.merge(robustness_shares(trials), on=[*GROUP, "algo"], how="left")
+
+
+# ---------------------------------------------------------------------------- robustness
+def robustness_frame(trials: pd.DataFrame) -> pd.DataFrame:
+    """Search phase, one row per configuration: its best validation accuracy in pp below the best
+    configuration of the same algorithm (−inf when it diverged or failed without a valid epoch)."""
+    search = trials[trials["phase"] == "search"]
+    if search.empty:
+        return pd.DataFrame(columns=["dataset", "network", "algo", "config_id", "gap"])
+    key = "config_id" if "config_id" in search else "trial_id"
+    per = search.assign(v=_num(search, "best_val_acc")).groupby([*GROUP, "algo", key], as_index=False)["v"].mean()
+    best = per.groupby([*GROUP, "algo"])["v"].transform("max")
+    per["gap"] = (100 * (per["v"] - best)).fillna(-np.inf)
+    return per.rename(columns={key: "config_id"})[["dataset", "network", "algo", "config_id", "gap"]]
+
+
+def robustness_shares(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset × network × algorithm: search configurations and the share within 1 and 5 pp of the best."""
+    r = robustness_frame(trials)
+    if r.empty:
+        return pd.DataFrame(columns=[*GROUP, "algo", "search_configs", "within_1pp", "within_5pp"])
+    return r.groupby([*GROUP, "algo"]).agg(
+        search_configs=("gap", "size"), within_1pp=("gap", lambda g: float((g >= -1).mean())),
+        within_5pp=("gap", lambda g: float((g >= -5).mean()))).reset_index()
 
 
 # ---------------------------------------------------------------------------- hyperparameters
@@ -250,6 +248,59 @@ def protocol_table(results: Results, searched: dict, baseline: str = DEFAULT_BAS
     return pd.DataFrame(rows)
 
 
+def plausibility_table(results: Results, baseline: str = DEFAULT_BASELINE) -> pd.DataFrame:
+    """One row per dataset × network × algorithm configuration that was run, from each trial's recorded
+    plausibility (``plausibility.*`` columns); configurations that record the same are merged."""
+    from harness.schema import PLAUSIBILITY_PREFIX
+
+    t = results.trials
+    cols = [c for c in t.columns if c.startswith(PLAUSIBILITY_PREFIX)]
+    if not cols:
+        return pd.DataFrame()
+    rows = []
+    key = "config_id" if "config_id" in t else "trial_id"
+    for (dataset, network), group in t.groupby(GROUP):
+        for algo in algo_order(group["algo"], baseline):
+            sub = group[group["algo"] == algo]
+            record = sub[cols].astype(str).replace({"nan": "not recorded"})
+            for values, same in sub.groupby([record[c] for c in cols], sort=False):
+                final = same.loc[same["phase"] == "final", key].astype(str).unique()
+                rows.append({"dataset": dataset, "network": network, "algo": algo,
+                             "configurations": f"{same[key].nunique()}" + (f" (final: {', '.join(final)})"
+                                                                           if len(final) else ""),
+                             **{c[len(PLAUSIBILITY_PREFIX):]: v for c, v in zip(cols, values)}})
+    frame = pd.DataFrame(rows)
+    order = ["dataset", "network", "algo", "configurations", "weight_transport", "transport", "local", "phases",
+             "feedback_learning", "notes"]
+    return frame[[c for c in order if c in frame] + [c for c in frame if c not in order]]
+
+
+def constant_columns(frame: pd.DataFrame, keep=()) -> dict:
+    """Columns (other than ``keep``) with one value in every row: name → that value (as text)."""
+    if len(frame) < 2:
+        return {}
+    out = {}
+    for c in frame.columns:
+        values = frame[c].map(lambda v: fmt_value(v) if not isinstance(v, str) else v).unique()
+        if c not in keep and len(values) == 1:
+            out[c] = values[0]
+    return out
+
+
+def protocol_display(protocol: pd.DataFrame) -> pd.DataFrame:
+    """One dataset × network's protocol as setting → value, phases told apart only where they differ."""
+    if protocol.empty:
+        return pd.DataFrame(columns=["setting", "value"])
+    rows = []
+    for col in [c for c in protocol.columns if c not in ("dataset", "network", "phase")]:
+        values = {ph: (v if isinstance(v, str) else fmt_value(v)) for ph, v in zip(protocol["phase"], protocol[col])}
+        if len(set(values.values())) == 1:
+            rows.append({"setting": col, "value": next(iter(values.values()))})
+        else:
+            rows.append({"setting": col, "value": "; ".join(f"{ph}: {v}" for ph, v in values.items())})
+    return pd.DataFrame(rows)
+
+
 def failure_table(results: Results, searched: dict) -> pd.DataFrame:
     """Every trial that diverged or failed (both phases), with its configuration."""
     t = results.trials
@@ -286,126 +337,156 @@ def ratio(x) -> str:
     return "—" if x is None or not np.isfinite(x) else f"{x:.2f}×"
 
 
-def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary as strings for one dataset × network (markdown/LaTeX)."""
+def _acc(mean, std, d: int) -> str:
+    return pct(mean, d) + (f" ± {pct(std, d)}" if np.isfinite(std) else "")
+
+
+def _p(p) -> str:
+    return "—" if p is None or not np.isfinite(p) else (f"{p:.2g}" if p >= 0.001 else "<0.001")
+
+
+def _diff(r, d: int) -> str:
+    """Δ with its CI in percentage points, at the test set's resolution."""
+    if r.algo == r.reference:
+        return "(reference)"
+    if not np.isfinite(r.diff_test_acc):
+        return "n/a (no reference)"
+    text = f"{100 * r.diff_test_acc:+.{d}f}"
+    return text + (f" [{100 * r.diff_ci_low:+.{d}f}, {100 * r.diff_ci_high:+.{d}f}]" if np.isfinite(r.diff_ci_low)
+                   else " (no CI: n<2 or no variance)")
+
+
+def _to_target(r) -> str:
+    if not np.isfinite(r.reached_target):
+        return "undefined (no reference)"
+    return f"{eng(r.updates_to_target_mean)} ({int(r.reached_target)}/{int(r.trials)})"
+
+
+def _robust(r) -> str:
+    n = r.get("search_configs")
+    if n is None or not np.isfinite(n):
+        return "— (no search phase)"
+    return f"{pct(r.within_1pp, 0)}% / {pct(r.within_5pp, 0)}% of {int(n)}"
+
+
+def resolution_text(summary: pd.DataFrame) -> str:
+    """'360 test images: 1 image = 0.28 pp' for one table (or that the size is not recorded)."""
+    n = summary["n_test"].dropna() if "n_test" in summary else pd.Series(dtype=float)
+    if n.empty:
+        return "test-set size not recorded: accuracies shown to 2 decimals"
+    return f"{int(n.iloc[0])} test examples: 1 example = {100 / n.iloc[0]:.2g} pp"
+
+
+def summary_display(summary: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The summary as strings for one dataset × network (markdown/HTML), at the test set's resolution;
+    ``published``: matching published results (:mod:`harness.report_published`), shown beside."""
     rows = []
     for _, r in summary.iterrows():
+        d = decimals_for(r.get("n_test"))
         # accuracies live in [0, 1]: the displayed interval is clipped there (the CSV keeps the raw bounds)
-        ci = (f"[{pct(max(r.test_acc_ci_low, 0.0))}, {pct(min(r.test_acc_ci_high, 1.0))}]"
+        ci = (f"[{pct(max(r.test_acc_ci_low, 0.0), d)}, {pct(min(r.test_acc_ci_high, 1.0), d)}]"
               if np.isfinite(r.test_acc_ci_low) else "n/a (n<2)")
-        acc = pct(r.test_acc_mean) + (f" ± {pct(r.test_acc_std)}" if np.isfinite(r.test_acc_std) else "")
-        val = pct(r.best_val_acc_mean) + (f" ± {pct(r.best_val_acc_std)}" if np.isfinite(r.best_val_acc_std) else "")
         ep = "—" if not np.isfinite(r.best_epoch_mean) else f"{r.best_epoch_mean:.1f}"
-        if r.algo == r.reference:
-            diff = "(reference)"
-        elif not np.isfinite(r.diff_test_acc):
-            diff = "n/a (no reference)"
-        elif not np.isfinite(r.diff_ci_low):
-            diff = f"{100 * r.diff_test_acc:+.2f} (no CI: n<2 or zero variance)"
-        else:
-            sig = "yes" if r.diff_significant else "no"
-            diff = (f"{100 * r.diff_test_acc:+.2f} [{100 * r.diff_ci_low:+.2f}, {100 * r.diff_ci_high:+.2f}], "
-                    f"p={r.diff_p_value:.3g}, significant: {sig}")
-        reached = f"{int(r.reached_target)}/{int(r.trials)}"
-        rows.append({
-            "algorithm": r.algo, "n": f"{int(r.n)}/{int(r.trials)}", "test acc. % (mean ± std)": acc,
-            "95% CI": ci, "best val. %": val, "epochs to best val.": ep,
-            "updates to target": f"{eng(r.updates_to_target_mean)} ({reached})",
-            "FLOPs to target": eng(r.flops_to_target_mean),
+        row = {"algorithm": r.algo, "n": f"{int(r.n)}/{int(r.trials)}", "test acc. % (mean ± std)":
+               _acc(r.test_acc_mean, r.test_acc_std, d), "95% CI": ci}
+        if published is not None and not published.empty:
+            from harness.report_published import published_cell
+
+            row["published %"] = published_cell(published, r.algo)
+        sig = r.diff_significant
+        row.update({
+            "best val. %": _acc(r.best_val_acc_mean, r.best_val_acc_std, d), "epochs to best val.": ep,
+            "updates to target": _to_target(r), "FLOPs to target": eng(r.flops_to_target_mean),
             "FLOPs/update": eng(r.flops_per_update), f"FLOPs/update ×{r.reference}": ratio(r.flops_ratio),
             f"time/update ×{r.reference}": ratio(r.time_ratio),
             "diverged / failed": f"{int(r.diverged)} / {int(r.failed)}",
-            f"Δ test acc. vs {r.reference} (pp) [95% CI]": diff,
+            "search configs within 1 / 5 pp of best": _robust(r),
+            f"Δ vs {r.reference} (pp) [95% CI]": _diff(r, d),
+            "p (Welch)": _p(r.diff_p_value), "p (Holm)": _p(r.diff_p_holm),
+            "significant": "—" if sig is None or (isinstance(sig, float) and not np.isfinite(sig))
+            else ("yes" if sig else "no"),
         })
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _cell_text(v) -> str:
+    return (fmt_value(v) if not isinstance(v, str) else v).replace("\n", " ")
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table, written by pandas' Styler (``to_string`` with a pipe delimiter)."""
     if frame.empty:
         return "_(none)_\n"
-    cols = [str(c) for c in frame.columns]
 
-    def cell(v):
-        s = fmt_value(v) if not isinstance(v, str) else v
-        return s.replace("|", "\\|").replace("\n", " ")
+    def md(v) -> str:
+        return _cell_text(v).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    styler = frame.style.hide(axis="index").format(md).format_index(md, axis=1)
+    lines = ["| " + line + " |" for line in styler.to_string(delimiter=" | ").rstrip("\n").split("\n")]
+    return "\n".join([lines[0], "|" + "|".join("---" for _ in frame.columns) + "|", *lines[1:]]) + "\n"
 
 
 _TEX_ESCAPE = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
 _TEX_SYMBOLS = {"±": r"$\pm$", "×": r"$\times$", "—": "--", "Δ": r"$\Delta$", "<": r"$<$", ">": r"$>$",
-                "≥": r"$\geq$", "≤": r"$\leq$"}
+                "≥": r"$\geq$", "≤": r"$\leq$", "∠": r"$\angle$"}
 
 
 def tex_escape(s) -> str:
     return "".join(_TEX_ESCAPE.get(ch) or _TEX_SYMBOLS.get(ch, ch) for ch in str(s))
 
 
-def latex_table(header: list[str], rows: list[list[str]], bold: list[list[bool]] | None = None,
-                caption: str = "", label: str = "", align: str | None = None) -> str:
-    """A booktabs table; cells are escaped, bold cells wrapped in \\textbf."""
-    align = align or "l" + "r" * (len(header) - 1)
-    out = [r"% requires \usepackage{booktabs}", r"\begin{table}[t]", r"\centering"]
-    if caption:
-        out.append(r"\caption{" + tex_escape(caption) + "}")
-    if label:
-        out.append(r"\label{" + label + "}")
-    out += [r"\begin{tabular}{" + align + "}", r"\toprule", " & ".join(tex_escape(h) for h in header) + r" \\",
-            r"\midrule"]
-    for i, row in enumerate(rows):
-        cells = []
-        for j, c in enumerate(row):
-            text = tex_escape(c)
-            cells.append(r"\textbf{" + text + "}" if bold and bold[i][j] else text)
-        out.append(" & ".join(cells) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(out) + "\n"
+def latex_table(frame: pd.DataFrame, caption: str = "", label: str = "", bold: pd.DataFrame | None = None) -> str:
+    """A booktabs table written by pandas' Styler (``to_latex``); cells escaped, ``bold`` cells in \\textbf."""
+    if frame.empty:
+        columns = list(frame.columns) or ["(none)"]
+        frame = pd.DataFrame({c: ["(none)" if i == 0 else ""] for i, c in enumerate(columns)})
+    styler = frame.style.hide(axis="index").format(lambda v: tex_escape(_cell_text(v)))
+    styler = styler.format_index(lambda v: tex_escape(v), axis=1)
+    if bold is not None:
+        styler = styler.apply(lambda _: bold.map(lambda b: "textbf:--rwrap;" if b else ""), axis=None)
+    tex = styler.to_latex(hrules=True, caption=tex_escape(caption) if caption else None, label=label or None,
+                          column_format="l" * len(frame.columns), position="t", position_float="centering")
+    return "% requires \\usepackage{booktabs}\n" + tex
 
 
-def _best_mask(values: pd.Series, higher: bool) -> list[bool]:
-    v = pd.to_numeric(values, errors="coerce")
-    if not v.notna().any():
-        return [False] * len(v)
-    best = v.max() if higher else v.min()
-    if np.isclose(v.dropna(), best).all():
-        return [False] * len(v)  # a tie across every row singles nothing out
-    return [bool(np.isfinite(x) and np.isclose(x, best)) for x in v]
+def _significantly_best(summary: pd.DataFrame) -> list[bool]:
+    """The row with the best mean test accuracy, when it is significantly better (Holm-adjusted Welch)
+    than the baseline, or is the baseline and every other row is significantly worse; else nothing."""
+    acc = pd.to_numeric(summary["test_acc_mean"], errors="coerce")
+    mask = [False] * len(summary)
+    if not acc.notna().any():
+        return mask
+    i = int(np.nanargmax(acc.to_numpy()))
+    best = summary.iloc[i]
+    others = summary.drop(summary.index[i])
+    if best.algo != best.reference:
+        ok = bool(best.diff_significant) and best.diff_test_acc > 0
+    else:
+        ok = len(others) > 0 and all(bool(o.diff_significant) and o.diff_test_acc < 0 for o in others.itertuples())
+    mask[i] = ok
+    return mask
 
 
-def summary_latex(summary: pd.DataFrame, dataset: str, network: str) -> str:
-    """Paper-ready summary for one dataset × network: best per column in bold."""
+def summary_latex(summary: pd.DataFrame, dataset: str, network: str, published: pd.DataFrame | None = None) -> str:
+    """Paper-ready summary for one dataset × network: CIs, Holm-adjusted p, the best accuracy in bold
+    only when it is significantly better."""
+    disp = summary_display(summary, published)
     ref = summary["reference"].iloc[0]
-    header = ["Algorithm", "n", "Test acc. (%)", "Best val. (%)", "Epochs", "Updates to target",
-              f"FLOPs/update (×{ref})", f"Time/update (×{ref})", f"Δ vs {ref} (pp)", "Div./fail."]
-    rows, masks = [], []
-    cols = {
-        2: _best_mask(summary["test_acc_mean"], True), 3: _best_mask(summary["best_val_acc_mean"], True),
-        4: _best_mask(summary["best_epoch_mean"], False), 5: _best_mask(summary["updates_to_target_mean"], False),
-        6: _best_mask(summary["flops_ratio"], False), 7: _best_mask(summary["time_ratio"], False),
-    }
-    for i, (_, r) in enumerate(summary.iterrows()):
-        acc = pct(r.test_acc_mean) + (f" ± {pct(r.test_acc_std)}" if np.isfinite(r.test_acc_std) else "")
-        val = pct(r.best_val_acc_mean) + (f" ± {pct(r.best_val_acc_std)}" if np.isfinite(r.best_val_acc_std) else "")
-        ep = "—" if not np.isfinite(r.best_epoch_mean) else (
-            f"{r.best_epoch_mean:.1f}" + (f" ± {r.best_epoch_std:.1f}" if np.isfinite(r.best_epoch_std) else ""))
-        if r.algo == ref or not np.isfinite(r.diff_test_acc):
-            diff = "—"
-        else:
-            diff = f"{100 * r.diff_test_acc:+.2f}" + ("*" if r.diff_significant else "")
-        rows.append([r.algo, str(int(r.n)), acc, val, ep, eng(r.updates_to_target_mean), ratio(r.flops_ratio),
-                     ratio(r.time_ratio), diff, f"{int(r.diverged)}/{int(r.failed)}"])
-        masks.append([cols.get(j, [False] * len(summary))[i] for j in range(len(header))])
+    keep = ["algorithm", "n", "test acc. % (mean ± std)", "95% CI"] + (["published %"] if "published %" in disp else [])
+    keep += ["updates to target", f"FLOPs/update ×{ref}", f"time/update ×{ref}", f"Δ vs {ref} (pp) [95% CI]",
+             "p (Holm)", "diverged / failed"]
+    frame = disp[keep]
+    bold = pd.DataFrame(False, index=frame.index, columns=frame.columns)
+    bold["test acc. % (mean ± std)"] = _significantly_best(summary)
     target = summary["target_acc"].iloc[0]
-    caption = (f"{dataset}, {network}: test accuracy at the best-validation epoch, mean ± std over n seeds "
-               f"(final phase). Updates to reach {pct(target)}% {summary['target_metric'].iloc[0].replace('_acc', '')} "
-               f"accuracy. * Welch p < 0.05 vs {ref}. Best per column in bold.")
-    label = f"tab:summary-{dataset}-{network}"
-    return latex_table(header, rows, masks, caption=caption, label=label)
+    caption = (f"{dataset}, {network}: test accuracy at the best-validation epoch, mean ± std and 95% CI over n seeds "
+               f"(final phase; {resolution_text(summary)}). Updates to reach {pct(target)}% "
+               f"{summary['target_metric'].iloc[0].replace('_acc', '')} accuracy. Δ vs {ref}: Welch 95% CI; "
+               f"p Holm-adjusted over the table. Bold: best accuracy, only when significantly better "
+               f"(adjusted p < {ALPHA:.2f}).")
+    return latex_table(frame, caption=caption, label=f"tab:summary-{dataset}-{network}", bold=bold)
 
 
 def stage_table_text(trials: pd.DataFrame) -> str:
