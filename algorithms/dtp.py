@@ -54,19 +54,22 @@ class DifferenceTargetProp(TargetProp):
                         "top inverse with the difference correction (simplified DTP)",
             search=choice("gradient", "inverse"))
 
+    def penultimate_rule(self) -> str:
+        return self.hp.penultimate
+
     def plausibility(self):
         base = super().plausibility()
-        if self.hp.penultimate == "gradient":  # Lee et al.: the top layer's W_Lᵀ carries the penultimate target
+        if self.penultimate_rule() == "gradient":  # Lee et al.: the top layer's W_Lᵀ carries the penultimate target
             return replace(base, weight_transport=True, transport="values",
                            notes=base.notes + "; penultimate target through W_Lᵀ")
         return base
 
     def inverse_layers(self):
         top = len(self.net.layers) - 1
-        return [i for i in super().inverse_layers() if i != top or self.hp.penultimate == "inverse"]
+        return [i for i in super().inverse_layers() if i != top or self.penultimate_rule() == "inverse"]
 
     def penultimate(self, fw, out, t_top, e):
-        if self.hp.penultimate == "inverse":
+        if self.penultimate_rule() == "inverse":
             return super().penultimate(fw, out, t_top, e)
         d = e @ self.net.layers[-1].weight  # (h − h*)/(βn) = W_Lᵀ e
         return fw.h[-1] - (self.hp.beta * len(e)) * d, d

@@ -61,6 +61,31 @@ from harness.registry import register_algorithm
 LEARNED = {"inverse": ("learned",)}  # the inverse-training knobs act only with learned inverses
 
 
+# The knobs of learned feedback, shared by the rules built on tp (dtp, drl, l-drl, ddtp-*); ``when``: where they act.
+def feedback_lr_hp(when=None, default=1e-3):
+    return hp(default, "Adam learning rate of the feedback weights (own optimizer state)", gt=0, le=10,
+              search=loguniform(1e-4, 1e-2), when=when)
+
+
+def feedback_steps_hp(when=None, default=1, search=randint(1, 5)):
+    return hp(default, "feedback-training iterations per forward update (fresh noise each)", ge=1, le=1000,
+              search=search, when=when)
+
+
+def pretrain_epochs_hp(when=None, default=0, search=randint(0, 5)):
+    return hp(default, "epochs of feedback-only training before forward training", ge=0, le=1000,
+              search=search, when=when)
+
+
+def feedback_epochs_hp(when=None, default=0):
+    return hp(default, "epochs of feedback-only training after every forward epoch", ge=0, le=100, when=when)
+
+
+def schedule_hp(default: str, when=None):
+    return hp(default, "alternating: feedback updated first, then targets from it; parallel: both from the "
+                       "same state (Bartunov et al. 2018)", search=choice("alternating", "parallel"), when=when)
+
+
 @dataclass
 class Targets:
     """Per layer (0-based index i = l − 1): the target of the layer's output and its scaled displacement
@@ -89,19 +114,13 @@ class TargetProp(Algorithm):
         inverse: Literal["learned", "exact"] = hp(
             "learned", "learned: g_l(h) = f_{l-1}(V_l h + c_l) trained on noisy reconstruction; "
                        "exact: analytic f⁻¹ and pseudoinverse of W (oracle, learns nothing)")
-        feedback_lr: float = hp(1e-3, "Adam learning rate of the inverses (own optimizer state)", gt=0, le=10,
-                                search=loguniform(1e-4, 1e-2), when=LEARNED)
+        feedback_lr: float = feedback_lr_hp(LEARNED)
         sigma: float = hp(0.1, "std of the Gaussian noise corrupting h_{l-1} in inverse training", ge=0, le=10,
                           search=loguniform(0.01, 1.0), when=LEARNED)
-        feedback_steps: int = hp(1, "inverse updates per forward update (fresh noise each)", ge=1, le=1000,
-                                 search=randint(1, 5), when=LEARNED)
-        pretrain_epochs: int = hp(0, "epochs of inverse-only training before forward training", ge=0, le=1000,
-                                  search=randint(0, 5), when=LEARNED)
-        feedback_epochs: int = hp(0, "epochs of inverse-only training after every forward epoch", ge=0, le=100,
-                                  when=LEARNED)
-        schedule: Literal["alternating", "parallel"] = hp(
-            "alternating", "alternating: inverses updated first, then targets from them; parallel: both from the "
-                           "same state (Bartunov et al. 2018)", search=choice("alternating", "parallel"), when=LEARNED)
+        feedback_steps: int = feedback_steps_hp(LEARNED)
+        pretrain_epochs: int = pretrain_epochs_hp(LEARNED)
+        feedback_epochs: int = feedback_epochs_hp(LEARNED)
+        schedule: Literal["alternating", "parallel"] = schedule_hp("alternating", LEARNED)
 
     # ---------------------------------------------------------------- plausibility
     def plausibility(self):
@@ -112,6 +131,10 @@ class TargetProp(Algorithm):
                             notes="learned inverses trained on noisy reconstruction in their own pass every update")
 
     # ---------------------------------------------------------------- state
+    def learned(self) -> bool:
+        """Whether the inverses are learned (else exact: the oracle)."""
+        return self.hp.inverse == "learned"
+
     def inverse_layers(self) -> list[int]:
         """0-based indices i ≥ 1 of the layers whose inverse g_i the target rule uses."""
         return list(range(1, len(self.net.layers)))
@@ -121,7 +144,7 @@ class TargetProp(Algorithm):
         self.V: dict[int, torch.Tensor] = {}
         self.c: dict[int, torch.Tensor] = {}
         self.inv_opt = None
-        if self.hp.inverse != "learned":
+        if not self.learned():
             return
         for i in self.inverse_layers():
             w = layers[i].weight  # (out_i, in_i); V_i maps out_i → in_i
@@ -153,7 +176,7 @@ class TargetProp(Algorithm):
     def g(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """The inverse of layer i (0-based, i ≥ 1): maps its output back to its input space."""
         layers = self.net.layers
-        if self.hp.inverse == "exact":
+        if not self.learned():
             layer = layers[i]
             a = layer.act.inverse(h) - layer.bias
             return a @ torch.linalg.pinv(layer.weight).t()
