@@ -407,7 +407,11 @@ def add_report_parser(sub) -> None:
                    help="which epochs.csv curve must reach the target (default: val_acc)")
     r.add_argument("--baseline", "--reference", dest="baseline", default=DEFAULT_BASELINE,
                    help="algorithm the ratios and differences are taken against (--reference: the former name)")
-    r.add_argument("--no-figures", action="store_true", help="write the tables and report.md only (faster)")
+    r.add_argument("--no-figures", action="store_true", help="write the tables, report.md and report.html without "
+                                                             "figures (faster)")
+    r.add_argument("--published", default=None, metavar="CSV|none",
+                   help="published results shown beside measured ones (default: the table shipped with creditbench, "
+                        "harness/published.csv; 'none': show none)")
     r.add_argument("--allow-incomplete", action="store_true",
                    help="report damaged or incomplete results (missing planned trials, truncated tables, "
                         "non-numeric cells) with the damage listed at the top, instead of refusing them")
@@ -421,12 +425,15 @@ def cmd_report(args) -> int:
 
     from harness.report import ReportOptions, build_report
     from harness.report_data import newest_results_dir
+    from harness.report_published import PUBLISHED_CSV
     from harness.report_tables import markdown_table, summary_display
 
     dirs = args.dirs or [newest_results_dir(Path(args.results_root))]
     command = "creditbench report " + " ".join(shlex.quote(str(a)) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
+    published = {None: PUBLISHED_CSV, "none": None}.get(args.published, args.published)
     opts = ReportOptions(baseline=args.baseline, target=args.target, target_metric=args.target_metric,
-                         command=command, figures=not args.no_figures, allow_incomplete=args.allow_incomplete)
+                         command=command, figures=not args.no_figures, allow_incomplete=args.allow_incomplete,
+                         published=published)
     out = build_report(dirs, args.out, opts)
     for problem in out["problems"]:
         print(f"warning: incomplete or damaged results: {problem}", file=sys.stderr)
@@ -437,7 +444,7 @@ def cmd_report(args) -> int:
     print("figures:")
     for p in out["figures"]:
         print(f"  {p}")
-    print(f"report: {out['report']}", file=sys.stderr)
+    print(f"report: {out['report']} · {out['html']}", file=sys.stderr)
     return 0
 
 

@@ -68,7 +68,8 @@ def table_html(frame: pd.DataFrame, name: str = "") -> str:
     styler = frame.style.hide(axis="index").format(lambda v: html.escape(v if isinstance(v, str) else fmt_value(v)))
     styler = styler.format_index(lambda v: html.escape(str(v)), axis=1)
     attrs = f'class="sortable" data-table="{html.escape(name, quote=True)}"'
-    return styler.set_table_attributes(attrs).to_html(exclude_styles=True)
+    # exclude_styles drops Styler's random ids and CSS, and its table attributes with them: put them back
+    return styler.to_html(exclude_styles=True).replace("<table>", f"<table {attrs}>", 1)
 
 
 def figure_html(fig: Figure) -> str:

@@ -23,6 +23,9 @@ def load_published(path: Path | str | None = PUBLISHED_CSV) -> pd.DataFrame:
     """The published table (empty when ``path`` is None); a file without its columns is refused."""
     if path is None:
         return pd.DataFrame(columns=list(COLUMNS))
+    if not Path(path).is_file():
+        raise ResultsError(f"published results {path}: no such file; name a CSV with columns {', '.join(COLUMNS)}, "
+                           "or 'none'")
     try:
         frame = pd.read_csv(path, comment="#", dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
