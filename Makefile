@@ -17,7 +17,7 @@ RUN     ?=
 OUT     ?=
 TARGET  ?=
 
-.PHONY: install constraints test sweep report clean mutants mutants-report
+.PHONY: install constraints test sweep report clean mutants mutants-report docs
 
 # installs the exact versions pinned in constraints.txt (torch==2.14.1, torchvision==0.29.1, ...);
 # --no-build-isolation: the editable build uses the venv's own setuptools (first upgraded to the pinned
@@ -57,6 +57,10 @@ sweep: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache mutants
+
+# docs/algorithms.md from the registry (tests/test_algorithms_contract.py fails when it is out of date)
+docs: install
+	$(BIN)/python -m harness.algorithm_reference > docs/algorithms.md.tmp && mv docs/algorithms.md.tmp docs/algorithms.md
 
 # make mutants [FILES="algorithms/fa.py harness/cost.py"] [MUTANTS_JOBS=2]: mutation testing with mutmut
 # (tools/mutants.py: per-mutant test selection, report of survivors); not part of `make test`

@@ -84,29 +84,24 @@ class DirectDTP(TargetProp):
     def setup(self):
         self.V: dict[int, torch.Tensor] = {}  # Q_i, d_i × (feedback width)
         self.c: dict[int, torch.Tensor] = {}  # feedback biases (none for linear feedback)
-        w = self.net.layers[0].weight
-        for i in self.inverse_layers():
-            d, k = self.net.layers[i].weight.shape[0], self.feedback_width(i)
-            self.V[i] = torch.randn(d, k, generator=self.gen, device=w.device, dtype=w.dtype) * math.sqrt(2 / (d + k))
+        for i in self.inverse_layers():  # Xavier-normal Q_i (every network has a hidden layer)
+            w, k = self.net.layers[i].weight, self.feedback_width(i)
+            self.V[i] = (torch.randn(w.shape[0], k, generator=self.gen, device=w.device, dtype=w.dtype)
+                         * math.sqrt(2 / (w.shape[0] + k)))
             if self.feedback_bias():
-                self.c[i] = torch.zeros(d, device=w.device, dtype=w.dtype)
-        self.make_optimizer()
-
-    def make_optimizer(self) -> None:
-        params = [*self.V.values(), *self.c.values()]
-        self.inv_opt = torch.optim.Adam(params, lr=self.hp.feedback_lr, foreach=False) if params else None
+                self.c[i] = torch.zeros(w.shape[0], device=w.device, dtype=w.dtype)
+        self.inv_opt = torch.optim.Adam([*self.V.values(), *self.c.values()], lr=self.hp.feedback_lr, foreach=False)
 
     def extra_state(self):
         return {"V": {i: v.clone() for i, v in self.V.items()}, "c": {i: c.clone() for i, c in self.c.items()},
-                "opt": self.inv_opt.state_dict() if self.inv_opt is not None else None}
+                "opt": self.inv_opt.state_dict()}
 
     def load_extra_state(self, state):
         with torch.no_grad():
             for name in ("V", "c"):
                 for i, t in getattr(self, name).items():
                     t.copy_(state[name][i])
-        if self.inv_opt is not None:
-            self.inv_opt.load_state_dict(state["opt"])
+        self.inv_opt.load_state_dict(state["opt"])
 
     # ---------------------------------------------------------------- feedback map
     def direct(self, i: int, o: torch.Tensor) -> torch.Tensor:
@@ -118,7 +113,7 @@ class DirectDTP(TargetProp):
     def compute_targets(self, fw: Forward, y: torch.Tensor) -> Targets:
         _, e = output_error(fw.logits, y)
         d = [e @ self.V[i].t() for i in self.inverse_layers()] + [e]  # (h_i − h_i*)/(βn) = Q_i e
-        return Targets([None] * len(d), d)
+        return Targets(None, d)  # no β, so no target h_i*: only its direction
 
     # ---------------------------------------------------------------- feedback training
     def to_output(self, i: int, h: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,8 @@ class DirectDTPRandomHidden(DirectDTP):
         return self.hp.hidden_width if self.expanded(i) else super().feedback_width(i)
 
     def setup(self):
-        w, k = self.net.layers[-1].weight, self.net.layers[-1].weight.shape[0]
+        w = self.net.layers[-1].weight
+        k = w.shape[0]
         bound = 1 / math.sqrt(k)
         draw = lambda *shape: (torch.rand(*shape, generator=self.gen, device=w.device, dtype=w.dtype) * 2 - 1) * bound
         self.R, self.r = draw(self.hp.hidden_width, k), draw(self.hp.hidden_width)

@@ -46,9 +46,12 @@ from algorithms.dtp import DifferenceTargetProp
 from algorithms.tp import feedback_epochs_hp, feedback_lr_hp, feedback_steps_hp, pretrain_epochs_hp, schedule_hp
 
 
+# A declaration run at import, not mutated (see tp's knob declarations); pinned through docs/algorithms.md.
+# pragma: no mutate start
 def noise_hp(where: str):
     return hp(0.1, f"std σ of the Gaussian noise {where} in the feedback loss", gt=0, le=10,
               search=loguniform(0.01, 1.0))
+# pragma: no mutate end
 
 
 @register_algorithm

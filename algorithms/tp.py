@@ -62,6 +62,9 @@ LEARNED = {"inverse": ("learned",)}  # the inverse-training knobs act only with 
 
 
 # The knobs of learned feedback, shared by the rules built on tp (dtp, drl, l-drl, ddtp-*); ``when``: where they act.
+# Declarations, run once at import (before a mutation run activates any mutant, like every class-body hp()):
+# not mutated; tests/test_algorithms_contract.py pins every declared knob through docs/algorithms.md.
+# pragma: no mutate start
 def feedback_lr_hp(when=None, default=1e-3):
     return hp(default, "Adam learning rate of the feedback weights (own optimizer state)", gt=0, le=10,
               search=loguniform(1e-4, 1e-2), when=when)
@@ -84,14 +87,16 @@ def feedback_epochs_hp(when=None, default=0):
 def schedule_hp(default: str, when=None):
     return hp(default, "alternating: feedback updated first, then targets from it; parallel: both from the "
                        "same state (Bartunov et al. 2018)", search=choice("alternating", "parallel"), when=when)
+# pragma: no mutate end
 
 
 @dataclass
 class Targets:
     """Per layer (0-based index i = l − 1): the target of the layer's output and its scaled displacement
-    ``d[i] = (h_i − h_i*) / (βn)`` (what the layer's local-loss gradient uses)."""
+    ``d[i] = (h_i − h_i*) / (βn)`` (what the layer's local-loss gradient uses). ``target`` is None for a rule
+    without β (ddtp-linear), whose targets are defined only through ``d``."""
 
-    target: list[torch.Tensor]
+    target: list[torch.Tensor] | None
     d: list[torch.Tensor]
 
 

@@ -139,6 +139,22 @@ def params_lines(described: list[dict], indent: str) -> list[str]:
     return out
 
 
+def algorithm_lines(name: str, spec: dict, indent: str = "  ") -> list[str]:
+    """One algorithm's entry in ``creditbench list`` (and in docs/algorithms.md): description, reference,
+    origin, what it supports, its hyperparameters."""
+    from harness.registry import describe_origin
+
+    caps = spec["capabilities"]
+    acts = caps["activations"] if isinstance(caps["activations"], str) else ", ".join(caps["activations"])
+    return ([f"{indent}{name} (v{spec['version']}): {spec['description']}"]
+            + _table([["reference:", spec["reference"]],
+                      ["code:", describe_origin(spec["origin"])],
+                      ["supports:", f"layers {', '.join(caps['layers'])}; activations {acts}"
+                                   + ("; needs invertible activations" if caps["needs_invertible"] else "")]],
+                     indent + "    ")
+            + params_lines(spec["hyperparameters"], indent + "    "))
+
+
 def _matches(name: str, patterns: list[str]) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
@@ -149,7 +165,7 @@ def cmd_list(args) -> int:
     from harness.datasets import DATASETS
     from harness.hparams import TrainConfig
     from harness.network_presets import ACTIVATION_NAMES, NETWORKS
-    from harness.registry import algorithm_names, algorithm_spec, describe_origin
+    from harness.registry import algorithm_names, algorithm_spec
 
     patterns = args.patterns
     all_algos = algorithm_names()
@@ -178,16 +194,7 @@ def cmd_list(args) -> int:
     if algos:
         lines.append("algorithms:")
     for name, spec in zip(algos, specs):
-        caps = spec["capabilities"]
-        acts = caps["activations"] if isinstance(caps["activations"], str) else ", ".join(caps["activations"])
-        lines.append(f"  {name} (v{spec['version']}): {spec['description']}")
-        lines += _table([["reference:", spec["reference"]],
-                         ["code:", describe_origin(spec["origin"])],
-                         ["supports:", f"layers {', '.join(caps['layers'])}; activations {acts}"
-                                      + ("; needs invertible activations" if caps["needs_invertible"] else "")]],
-                        "      ")
-        lines += params_lines(spec["hyperparameters"], "      ")
-        lines.append("")
+        lines += algorithm_lines(name, spec) + [""]
     if training:
         lines.append("training hyperparameters (shared by every algorithm):")
         lines += params_lines(TrainConfig.describe(), "  ")

@@ -51,20 +51,40 @@ def versions() -> dict:
     return out
 
 
+def _source_modules(cls) -> list[str]:
+    """The modules an algorithm's code comes from: those of the class and its bases (up to, not including, the
+    harness's ``Algorithm``), then every module of the same package whose functions or classes they use
+    (``algorithms.ddtp_rhl`` → ``algorithms.drl`` for its difference reconstruction gradient), transitively."""
+    import inspect
+    import sys
+
+    queue = [k.__module__ for k in cls.__mro__
+             if not (k.__module__.startswith("harness.") or k.__module__ == "builtins")]
+    package = cls.__module__.split(".")[0]
+    seen: list[str] = []
+    while queue:
+        name = queue.pop(0)
+        if name in seen or name not in sys.modules:
+            continue
+        seen.append(name)
+        for value in vars(sys.modules[name]).values():
+            owner = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+            if isinstance(owner, str) and owner.split(".")[0] == package and owner != package:
+                queue.append(owner)
+    return seen
+
+
 def source_sha256(cls) -> dict:
-    """SHA-256 of the source files that define an algorithm class: its module and those of its bases
-    up to (not including) the harness's own ``Algorithm``; so a result can be matched to its code
-    without git."""
+    """SHA-256 of the source files that define an algorithm class (``_source_modules``), so that a result
+    can be matched to its code without git."""
     import hashlib
     import inspect
+    import sys
 
     files = []
-    for klass in cls.__mro__:
-        module = getattr(klass, "__module__", "")
-        if module.startswith("harness.") or module == "builtins":
-            continue
+    for name in _source_modules(cls):
         try:
-            path = inspect.getsourcefile(klass)
+            path = inspect.getsourcefile(sys.modules[name])
         except TypeError:
             continue
         if path and path not in files:

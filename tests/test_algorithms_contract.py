@@ -199,3 +199,14 @@ def test_every_update_kind_is_in_the_update_mix(name, digits):
     for _ in range(3):
         assert algo.update_kind() in mix
         algo.step(*batch())
+
+
+def test_algorithm_reference_is_what_the_code_declares():
+    """docs/algorithms.md (``make docs``) is every built-in algorithm's declared hyperparameters (defaults, ranges,
+    search spaces, where each acts) and the plausibility record of its defaults, regenerated here."""
+    from pathlib import Path
+
+    from harness.algorithm_reference import reference
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "algorithms.md"
+    assert doc.read_text() == reference(), "docs/algorithms.md is out of date: run `make docs`"

@@ -43,17 +43,21 @@ def data(n=N, seed=3):
     return torch.randn(n, 64, generator=g, dtype=DT), torch.randint(0, CLASSES, (n,), generator=g)
 
 
+HIDDEN = {"tanh": torch.tanh, "leaky-relu": lambda a: torch.where(a > 0, a, 0.01 * a), "linear": lambda a: a}
+
+
 class Net:
-    """W_l, b_l read off a built tanh MLP; its forward pass written out (logits linear)."""
+    """W_l, b_l read off a built MLP; its forward pass written out (hidden f: tanh or leaky ReLU, logits linear)."""
 
     def __init__(self, net):
         self.W = [layer.weight.detach().clone() for layer in net.layers]
         self.b = [layer.bias.detach().clone() for layer in net.layers]
         self.L = len(self.W)
+        self.f = HIDDEN[net.layers[0].act.name]
 
-    def layer(self, i, h):  # 0-based layer i: tanh, the last one linear
+    def layer(self, i, h):  # 0-based layer i: f, the last one linear
         a = h @ self.W[i].t() + self.b[i]
-        return a if i == self.L - 1 else torch.tanh(a)
+        return a if i == self.L - 1 else self.f(a)
 
     def outputs(self, x):  # out[i] = output of layer i (out[L-1] = logits)
         out, h = [], x
@@ -91,15 +95,16 @@ def angle(a, b):
 
 
 # ------------------------------------------------------------------ the feedback losses
-def test_drl_feedback_gradient_is_autograd_of_the_difference_reconstruction_loss():
-    algo = make("drl", {"sigma": 0.3})
+@pytest.mark.parametrize("spec", [SPEC, "mlp-3x12-leaky-relu"])
+def test_drl_feedback_gradient_is_autograd_of_the_difference_reconstruction_loss(spec):
+    algo = make("drl", {"sigma": 0.3}, spec=spec)
     x, _ = data()
     net, draw = Net(algo.net), noise_source(algo)
     out = net.outputs(x)
     h = [x] + out[:-1]  # h[i]: the input of layer i
     V = {i: algo.V[i].clone() for i in algo.V}
     c = {i: algo.c[i].clone() for i in algo.V}
-    g = lambda k, t, v=None, b=None: torch.tanh(t @ (V[k] if v is None else v).t() + (c[k] if b is None else b))
+    g = lambda k, t, v=None, b=None: net.f(t @ (V[k] if v is None else v).t() + (c[k] if b is None else b))
     expected = {}
     for i in sorted(V):  # noise drawn layer by layer, l = 2 .. L
         noisy = h[i] + draw(h[i].shape)
@@ -119,16 +124,17 @@ def test_drl_feedback_gradient_is_autograd_of_the_difference_reconstruction_loss
 
 
 def ldrl_loss(net, i, x, y, v, b, dx, dy):
-    """Ernoult et al. 2022: −2 Σ_b dx·(g(F(x+dx)) − g(y)) / n + Σ_b ‖g(y+dy) − g(y)‖² / n, g(t) = tanh(v t + b)."""
-    g = lambda t: torch.tanh(t @ v.t() + b)
+    """Ernoult et al. 2022: −2 Σ_b dx·(g(F(x+dx)) − g(y)) / n + Σ_b ‖g(y+dy) − g(y)‖² / n, g(t) = f(v t + b)."""
+    g = lambda t: net.f(t @ v.t() + b)
     r = g(y)
     dr = g(net.layer(i, x + dx)) - r
     dr_y = g(y + dy) - r
     return -2 * (dx * dr).sum(1).mean() + (dr_y ** 2).sum(1).mean()
 
 
-def test_ldrl_feedback_gradient_is_autograd_of_the_local_difference_reconstruction_loss():
-    algo = make("l-drl", {"sigma": 0.3})
+@pytest.mark.parametrize("spec", [SPEC, "mlp-3x12-leaky-relu"])
+def test_ldrl_feedback_gradient_is_autograd_of_the_local_difference_reconstruction_loss(spec):
+    algo = make("l-drl", {"sigma": 0.3}, spec=spec)
     x, _ = data()
     net, draw = Net(algo.net), noise_source(algo)
     out = net.outputs(x)
@@ -366,3 +372,101 @@ def test_unsupported_networks_are_refused(algo_name):
                                             ("l-drl", "inverse"), ("ddtp-rhl", "inverse")])
 def test_no_phantom_knobs(algo_name, knob):
     assert knob not in get_algorithm(algo_name).Params.model_fields
+
+
+# ------------------------------------------------------------------ initial feedback, fixed random layer
+def test_direct_feedback_starts_xavier_normal_from_the_algorithms_generator():
+    """Q_i ~ N(0, 2/(d_i + K)) (Meulemans et al.'s initialisation), drawn from the algorithm's own generator:
+    the same seed gives the same Q whatever the global RNG did, another seed another Q."""
+    torch.manual_seed(1)
+    a = make("ddtp-linear", spec="mlp-2x300-tanh")
+    torch.manual_seed(2)
+    b = make("ddtp-linear", spec="mlp-2x300-tanh")
+    for i in a.V:
+        assert a.V[i].shape == (300, CLASSES)
+        assert abs(a.V[i].std().item() / math.sqrt(2 / (300 + CLASSES)) - 1) < 0.05, i  # 3000 draws: ±1.3%
+        assert abs(a.V[i].mean().item()) < 0.1 * a.V[i].std().item()
+        assert torch.equal(a.V[i], b.V[i])
+    assert not torch.equal(make("ddtp-linear", spec="mlp-2x300-tanh", seed=4).V[0], a.V[0])
+
+
+def test_random_hidden_layer_is_uniform_in_one_over_sqrt_k_from_the_algorithms_generator():
+    torch.manual_seed(1)
+    a = make("ddtp-rhl", {"hidden_width": 2000})
+    torch.manual_seed(2)
+    b = make("ddtp-rhl", {"hidden_width": 2000})
+    bound = 1 / math.sqrt(CLASSES)
+    for t, shape in ((a.R, (2000, CLASSES)), (a.r, (2000,))):
+        assert t.shape == shape
+        assert t.abs().max() <= bound and t.min() < -0.99 * bound and t.max() > 0.99 * bound
+        assert abs(t.mean().item()) < 0.05 * bound
+        assert abs(t.std().item() / (bound / math.sqrt(3)) - 1) < 0.05  # uniform on ±bound: std bound/√3
+    assert torch.equal(a.R, b.R) and torch.equal(a.r, b.r)
+    assert a.V[0].shape == (12, 2000) and a.V[2].shape == (12, CLASSES) and a.c[0].abs().sum() == 0
+
+
+# ------------------------------------------------------------------ every FLOP counted
+def matmul_flops(algo_name, params):
+    from harness.cost import CostMeter
+
+    net = build_network(SPEC, INPUT, CLASSES, generator=torch.Generator().manual_seed(0)).to(DT)
+    meter = CostMeter(elementwise=False)
+    algo = get_algorithm(algo_name)(net, params, generator=torch.Generator().manual_seed(1), meter=meter)
+    x, y = data()
+    with meter.update():
+        algo.step(x, y)
+    return meter.flops_by_phase
+
+
+@pytest.mark.parametrize("algo_name", ["ddtp-linear", "ddtp-rhl"])
+def test_direct_feedback_flops_equal_the_analytic_count_by_phase(algo_name):
+    """Matrix products of one update written out from the equations (mlp-3x12-tanh: 64 → 12 → 12 → 12 → 10)."""
+    n, D, K, dims = N, 40, CLASSES, [64, 12, 12, 12, CLASSES]
+    mm = lambda a, b: 2 * n * a * b
+    layers = list(zip(dims[:-1], dims[1:]))
+    hidden = range(len(layers) - 1)
+    rhl = algo_name == "ddtp-rhl"
+    width = lambda i: D if rhl and i < len(layers) - 2 else K  # what layer i's feedback reads
+    forward = sum(mm(a, b) for a, b in layers)
+    weight_grads = sum(mm(a, b) for a, b in layers)
+    if rhl:  # s(h_L*), s(h_L); g_i of both
+        credit = weight_grads + 2 * mm(K, D) + sum(2 * mm(width(i), dims[i + 1]) for i in hidden)
+    else:  # Q_i e
+        credit = weight_grads + sum(mm(K, dims[i + 1]) for i in hidden)
+    feedback = mm(K, D) if rhl else 0  # s(h_L) once
+    for i in hidden:
+        feedback += sum(mm(a, b) for a, b in layers[i + 1:])  # the noisy h_i up to the logits
+        feedback += mm(K, D) if width(i) == D else 0  # s(ã_L)
+        feedback += (4 if rhl else 2) * mm(width(i), dims[i + 1])  # g_i of both (rhl), then ∂/∂Q_i
+    params = {"hidden_width": D} if rhl else {}
+    assert matmul_flops(algo_name, params) == {"forward": forward, "credit": credit, "feedback": feedback}
+
+
+# ------------------------------------------------------------------ feedback-only epochs
+class Batches:
+    def __init__(self, n=96, seed=11):
+        g = torch.Generator().manual_seed(seed)
+        self.x, self.y_train = torch.randn(n, 64, generator=g, dtype=DT), torch.zeros(n, dtype=torch.long)
+
+    def train_batch(self, idx, gen):
+        return self.x[idx], self.y_train[idx]
+
+
+def test_feedback_epochs_between_forward_epochs_train_only_the_feedback():
+    """``between_epochs`` runs ``feedback_epochs`` feedback-only passes: the same as pre-training for that many
+    epochs (batches from the algorithm's generator), forward weights untouched; 0 epochs leave Q as it was."""
+    a, b = make("ddtp-linear", {"feedback_epochs": 2}), make("ddtp-linear", {"pretrain_epochs": 2})
+    w = [layer.weight.clone() for layer in a.net.layers]
+    q0 = {i: v.clone() for i, v in a.V.items()}
+    a.between_epochs(Batches(), 32)
+    b.pretrain(Batches(), 32)
+    for i in a.V:
+        close(a.V[i], b.V[i], f"Q_{i + 1}")
+        assert (a.V[i] - q0[i]).norm() > 1e-3 * q0[i].norm()
+    assert all(torch.equal(layer.weight, w0) for layer, w0 in zip(a.net.layers, w))
+    c = make("ddtp-linear")
+    c.between_epochs(Batches(), 32)
+    assert all(torch.equal(c.V[i], q0[i]) for i in q0)
+    one = make("ddtp-linear", {"pretrain_epochs": 1})
+    one.pretrain(Batches(), 32)
+    assert not torch.equal(one.V[0], a.V[0])  # the count of epochs is honoured

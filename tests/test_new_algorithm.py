@@ -101,3 +101,18 @@ def test_default_folders_are_the_repositorys():
 
     args = build_parser("new-algorithm").parse_args(["new-algorithm", "x"])
     assert args.dir == str(BUILTIN_DIR) and args.tests_dir.endswith("tests")
+
+
+def test_source_hash_covers_the_package_modules_an_algorithm_uses():
+    """ddtp-rhl's class inherits from ddtp-linear and tp but also calls drl's difference reconstruction gradient:
+    the recorded hash covers every file its results depend on, in a stated order."""
+    import hashlib
+    from pathlib import Path
+
+    spec = get_algorithm("ddtp-rhl").spec()
+    assert spec["source_files"] == ["algorithms/ddtp_rhl.py", "algorithms/ddtp_linear.py", "algorithms/tp.py",
+                                    "algorithms/drl.py", "algorithms/dtp.py"]
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256(b"".join((root / f).read_bytes() for f in spec["source_files"]))
+    assert spec["source_sha256"] == digest.hexdigest()
+    assert get_algorithm("bp").spec()["source_files"] == ["algorithms/bp.py"]
