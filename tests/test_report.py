@@ -540,3 +540,12 @@ def test_alignment_leaves_out_the_output_layer(dirs, tmp_path):
     path, _ = alignment(e, palette(e["algo"]), "bp", "digits", "mlp-1x16-tanh", tmp_path / "b.png")
     svg = (tmp_path / "b.svg").read_text()
     assert "hidden layer 1" in svg and "hidden layer 2" not in svg
+
+
+def test_published_rows_name_registered_algorithms():
+    """A published row's ``algo`` is an algorithm id the harness knows (or empty), else it never matches a run."""
+    from harness.registry import algorithm_names
+    from harness.report_published import load_published
+
+    algos = set(load_published()["algo"].fillna("")) - {""}
+    assert algos <= set(algorithm_names()), algos - set(algorithm_names())
