@@ -46,17 +46,36 @@ def colour_slot(name: str) -> int:
     return zlib.crc32(name.encode("utf-8")) % len(COLOURS)
 
 
-def palette(algos) -> dict[str, tuple]:
+class Palette(dict):
+    """name → colour, and ``ls``: name → line style (solid unless the name had to share a colour)."""
+
+    ls: dict[str, str]
+
+
+def palette(algos) -> Palette:
     """name → colour: each name's hashed slot; two names of one report that share a slot are told apart
-    by giving the later name (in sorted order) the next free slot."""
-    taken, out = set(), {}
+    by giving the later name (in sorted order) the next free slot. Past len(COLOURS) names, colours are
+    reused in the same way with the next line style (dashed, dotted, dash-dot), so no two curves look alike."""
+    taken, out = set(), Palette()
+    out.ls = {}
     for name in sorted(set(algos)):
-        slot = colour_slot(name)
-        while slot in taken and len(taken) < len(COLOURS):
-            slot = (slot + 1) % len(COLOURS)
-        taken.add(slot)
-        out[name] = COLOURS[slot]
+        h = colour_slot(name)
+        free = [(c, ls) for ls in range(len(LINESTYLES)) for c in ((h + k) % len(COLOURS) for k in range(len(COLOURS)))
+                if (c, ls) not in taken]
+        c, ls = free[0] if free else (h, 0)
+        taken.add((c, ls))
+        out[name], out.ls[name] = COLOURS[c], LINESTYLES[ls]
     return out
+
+
+def linestyle(colours, algo: str) -> str:
+    return getattr(colours, "ls", {}).get(algo, "-")
+
+
+def point_marker(colours, algo: str) -> str:
+    """The marker of an algorithm's points where lines are not drawn: a circle, or for a name that shares its
+    colour (dashed, dotted, dash-dot lines) a square, triangle or diamond."""
+    return "os^D"[LINESTYLES.index(linestyle(colours, algo))]
 
 
 def _style():
@@ -164,7 +183,8 @@ def learning_curves(epochs, colours, baseline, dataset, network, out: Path):
     for ax, alpha in ((full, 0.18), (zoom, 0.07)):
         for algo, b in bands.items():
             n = int(b["count"].max())
-            ax.plot(b["epoch"], 100 * b["mean"], marker="o", ms=2.5, color=colours[algo], label=f"{algo} (n={n})")
+            ax.plot(b["epoch"], 100 * b["mean"], marker="o", ms=2.5, color=colours[algo], ls=linestyle(colours, algo),
+                    label=f"{algo} (n={n})")
             ax.fill_between(b["epoch"], 100 * b["low"], 100 * b["high"], color=colours[algo], alpha=alpha, lw=0)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -209,7 +229,7 @@ def _accuracy_vs(epochs, colours, baseline, dataset, network, out: Path, x_col: 
         b = mean_band(sub, "epoch", "test_acc", (0, 1)).set_index("epoch")
         # after a seed stops, its cost stops too: carry it forward like its accuracy
         x = carried_forward(sub, x_col).mean(axis=1).reindex(b.index)
-        ax.plot(x, 100 * b["mean"], marker="o", ms=2.5, color=colours[algo], label=algo)
+        ax.plot(x, 100 * b["mean"], marker="o", ms=2.5, color=colours[algo], ls=linestyle(colours, algo), label=algo)
         ax.fill_between(x, 100 * b["low"], 100 * b["high"], color=colours[algo], alpha=0.18, lw=0)
     ax.set_xscale("log")
     ax.set_xlabel(x_label)
@@ -287,7 +307,7 @@ def robustness(trials, colours, baseline, dataset, network, out: Path):
         x = np.where(np.isfinite(g), -g, np.inf)
         keep = np.isfinite(x)
         x, share = np.append(x[keep], right), np.append(share[keep], share[keep][-1] if keep.any() else 0)
-        ax.step(x, share, where="post", color=colours[algo], lw=1.8,
+        ax.step(x, share, where="post", color=colours[algo], ls=linestyle(colours, algo), lw=1.8,
                 label=f"{algo} ({g.size} configs" + (f", {int((~keep).sum())} diverged)" if (~keep).any() else ")"))
     for v in (1, 5):
         ax.axvline(v, color="grey", ls="--", lw=0.8)
@@ -356,7 +376,7 @@ def _sensitivity_panel(ax, name, search, algos, space, colours, final_ids):
     for algo in algos:
         m = (sub["algo"] == algo).to_numpy()
         ax.scatter(x[m & ~bad & ~chosen], y[m & ~bad & ~chosen], color=colours[algo], s=22, edgecolor="black",
-                   linewidth=0.3, label=algo)
+                   marker=point_marker(colours, algo), linewidth=0.3, label=algo)
         ax.scatter(x[m & ~bad & chosen], y[m & ~bad & chosen], color=colours[algo], marker="*", s=130,
                    edgecolor="black", linewidth=0.5, zorder=3)
     if bad.any():
@@ -402,14 +422,15 @@ def alignment(epochs, colours, baseline, dataset, network, out: Path, transport:
             b = mean_band(sub, "epoch", col, (0, 180))
             kind = transport.get(algo, "none")
             label = algo + (f" (reads W: {kind})" if kind not in ("none", "", None) else "")
-            ax.plot(b["epoch"], b["mean"], marker="o", ms=2.5, color=colours[algo], label=label)
+            ax.plot(b["epoch"], b["mean"], marker="o", ms=2.5, color=colours[algo], ls=linestyle(colours, algo),
+                    label=label)
             ax.fill_between(b["epoch"], b["low"], b["high"], color=colours[algo], alpha=0.18, lw=0)
             highest = max(highest, float(b["mean"].max()))
         if exact:
             ax.text(0.02, 0.97, "≈0° (exact gradient): " + ", ".join(exact), transform=ax.transAxes, fontsize=7,
                     va="top", wrap=True, bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
     top = 90 if highest <= 90 else 180  # 0-90°, unless an update points away from the gradient on average
-    for ax in list(axes.flat)[:len(hidden)]:
+    for ax, col in zip(axes.flat, hidden):
         ax.set_ylim(0, top)
         ax.set_yticks(range(0, top + 1, 15 if top == 90 else 30))
         ax.set_title(f"hidden layer {_layer(col)}", fontsize=10)

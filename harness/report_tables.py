@@ -496,12 +496,13 @@ def stage_table_text(trials: pd.DataFrame) -> str:
         return ""
     stage = "final" if (trials["phase"] == "final").any() else "search"
     f = trials[trials["phase"] == stage]
+    w = max(len("algorithm"), *(len(str(a)) for a in f["algo"]))  # the longest name sets the column
     lines = [f"\n{stage} phase: test accuracy at the best validation epoch",
-             f"{'algorithm':<10} {'n':>3} {'ok':>3} {'test acc mean ± std':>22} {'epochs':>7}"]
+             f"{'algorithm':<{w}} {'n':>3} {'ok':>3} {'test acc mean ± std':>22} {'epochs':>7}"]
     for algo, g in f.groupby("algo", sort=True):
         acc = pd.to_numeric(g["test_acc"], errors="coerce")
         std = acc.std(ddof=1) if acc.count() > 1 else float("nan")
         spread = f"{std:<7.4f}" if math.isfinite(std) else f"{'-':<7}"
-        lines.append(f"{algo:<10} {len(g):>3} {(g['status'] == 'ok').sum():>3} {acc.mean():>12.4f} ± {spread} "
+        lines.append(f"{algo:<{w}} {len(g):>3} {(g['status'] == 'ok').sum():>3} {acc.mean():>12.4f} ± {spread} "
                      f"{pd.to_numeric(g['epochs']).mean():>7.1f}")
     return "\n".join(lines) + "\n"

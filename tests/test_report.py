@@ -404,6 +404,8 @@ def test_the_table_a_finished_sweep_prints():
     assert lines[3].split() == ["bp", "1", "1", "0.9500", "±", "-", "4.0"]
     assert lines[4].split() == ["fa", "2", "1", "0.8500", "±", "0.0707", "4.0"]
     assert stage_table_text(trials.iloc[0:0]) == ""
+    long = stage_table_text(trials.assign(algo=trials["algo"].replace({"fa": "ddtp-linear-long"}))).splitlines()
+    assert len({ln.index(" ± ") for ln in long[3:]}) == 1  # columns stay aligned under a long name
 
 
 # ---------------------------------------------------------------------------- issue 17: tables, published, HTML
@@ -540,6 +542,10 @@ def test_alignment_leaves_out_the_output_layer(dirs, tmp_path):
     path, _ = alignment(e, palette(e["algo"]), "bp", "digits", "mlp-1x16-tanh", tmp_path / "b.png")
     svg = (tmp_path / "b.svg").read_text()
     assert "hidden layer 1" in svg and "hidden layer 2" not in svg
+    deeper = e.assign(angle_l3=e["angle_l2"])  # two hidden layers: one panel each, titled by its layer
+    alignment(deeper, palette(e["algo"]), "bp", "digits", "mlp-2x16-tanh", tmp_path / "c.png")
+    svg = (tmp_path / "c.svg").read_text()
+    assert svg.count("hidden layer 1") == 1 and svg.count("hidden layer 2") == 1 and "hidden layer 3" not in svg
 
 
 def test_published_rows_name_registered_algorithms():

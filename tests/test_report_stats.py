@@ -101,6 +101,16 @@ def test_colours_follow_the_name_not_the_company():
     a, b = "a", next(n for n in (f"x{i}" for i in range(1000)) if colour_slot(n) == colour_slot("a"))
     both = palette([b, a])
     assert both[a] == COLOURS[colour_slot(a)] and both[b] == COLOURS[(colour_slot(a) + 1) % len(COLOURS)]
+    # more names than colours: every colour once with solid lines, then again dashed, so no two curves look alike
+    names = [f"algo{i}" for i in range(len(COLOURS) + 6)]
+    many = palette(names)
+    styles = {(many[n], many.ls[n]) for n in names}
+    assert len(styles) == len(names)
+    assert sorted(many.ls.values()).count("-") == len(COLOURS) and set(many.ls.values()) == {"-", "--"}
+    from harness.report_figures import point_marker
+
+    assert {(many[n], point_marker(many, n)) for n in names} == {(many[n], "o" if many.ls[n] == "-" else "s")
+                                                                 for n in names} and len(styles) == len(names)
 
 
 def test_curves_carry_a_stopped_seed_forward():
