@@ -37,7 +37,7 @@ def plausibility_line(cls) -> str:
 
 
 def reference() -> str:
-    from harness.cli import algorithm_lines
+    from harness.listing import algorithm_lines
     from harness.registry import ALGORITHMS, load_plugins
 
     load_plugins()
