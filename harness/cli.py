@@ -164,6 +164,30 @@ def cmd_new_algorithm(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import os
+
+    from harness.bench import BenchConfig, run_bench, table_text
+    from harness.errors import ConfigError
+    from harness.hparams import TrainConfig, parse_assignments
+    from harness.registry import algorithm_names, get_algorithm
+    from harness.store import to_json
+
+    algos = algorithm_names() if args.algo == "all" else [a.strip() for a in args.algo.split(",") if a.strip()]
+    sets = parse_assignments(args.set)
+    knobs = set(TrainConfig.model_fields) | {k for a in algos for k in get_algorithm(a).Params.model_fields}
+    unknown = sorted(set(sets) - knobs)
+    if unknown:
+        raise ConfigError(f"--set {', '.join(unknown)}: not a knob of these algorithms or of training; "
+                          f"valid: {', '.join(sorted(knobs))}")
+    cfg = BenchConfig(algos=algos, network=args.network, dataset=args.dataset, batch_size=args.batch_size,
+                      updates=args.updates, rounds=args.rounds, device=args.device,
+                      threads=args.threads or os.cpu_count() or 1, sets=sets)
+    result = run_bench(cfg, log=sys.stderr)
+    print(to_json(result) if args.json else table_text(result, markdown=args.markdown), end="" if not args.json else "\n")
+    return 0
+
+
 def cmd_train(args) -> int:
     from harness.hparams import TrainConfig, parse_assignments, split_overrides
     from harness.provenance import utc_stamp
@@ -221,6 +245,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch (as each trial of a sweep with one CPU per trial)")
     t.set_defaults(func=cmd_train)
+
+    b = sub.add_parser("bench", help="time and count FLOPs of algorithms' updates on one network, in one process",
+                       description="Interleaved rounds of every algorithm's training path on the same data, with a "
+                                   "bare PyTorch bp loop and the machine's matmul throughput as floors; "
+                                   "see docs/performance.md.")
+    b.add_argument("--algo", default="bp", help=f"algorithm ids, comma-separated, or 'all' (bp, the baseline, is "
+                                               f"always run; default: bp)")
+    b.add_argument("--network", default="mlp-5x256-tanh", help="preset or mlp-<depth>x<width>-<activation>")
+    b.add_argument("--dataset", default="fashion-mnist", type=registered_dataset, choices=dataset_names())
+    b.add_argument("--batch-size", type=int, default=128)
+    b.add_argument("--updates", type=int, default=200, help="timed updates per algorithm and round (raised to whole "
+                                                            "schedule periods)")
+    b.add_argument("--rounds", type=int, default=3)
+    b.add_argument("--device", default="cpu", choices=DeviceChoices(), help="auto: CUDA when present")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: every core)")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="training or algorithm hyperparameter, applied to each algorithm that has it")
+    b.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    b.add_argument("--markdown", action="store_true", help="the table as markdown (the README's performance section)")
+    b.set_defaults(func=cmd_bench)
 
     n = sub.add_parser("new-algorithm", help="write a skeleton algorithm plugin and its oracle test",
                        description="Write algorithms/NAME.py (bp's rule written out, with TODOs where your rule "
@@ -390,7 +434,7 @@ def cmd_report(args) -> int:
 
 # registered only when used: their parsers list datasets and read sweep spec names
 _EXTRA_COMMANDS = {"report": add_report_parser, "sweep": add_sweep_parser}
-LIGHT_COMMANDS = ("list", "train", "new-algorithm")
+LIGHT_COMMANDS = ("list", "train", "new-algorithm", "bench")
 
 
 def _command(argv: list[str]) -> str | None:

@@ -130,13 +130,21 @@ class Trainer:
         self.train_seconds += time.perf_counter() - t0
 
     def train_epoch(self) -> dict:
-        data, bs = self.data, self.tc.batch_size
-        n = len(data.y_train)
+        n, bs = len(self.data.y_train), self.tc.batch_size
         n_batches = max(1, n // bs)  # the last partial batch is dropped (shapes fixed)
         perm = torch.randperm(n, generator=self.data_gen, device=self.device)
+        t0 = time.perf_counter()
+        loss_sum, correct = self.train_batches(perm, n_batches)
+        self.train_seconds += time.perf_counter() - t0
+        seen = n_batches * min(bs, n)
+        return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
+
+    def train_batches(self, perm: torch.Tensor, n_batches: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n_batches`` updates on consecutive batches of ``perm`` (the training path, also what ``creditbench
+        bench`` times): summed loss and correct count as device tensors (no host sync per update)."""
+        data, bs = self.data, self.tc.batch_size
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        t0 = time.perf_counter()
         for b in range(n_batches):
             x, y = data.train_batch(perm[b * bs:(b + 1) * bs], self.data_gen)
             with self.meter.update(self.algo.update_kind()):
@@ -145,9 +153,7 @@ class Trainer:
             self.updates += 1
             loss_sum += out.loss.detach() * len(y)
             correct += (out.logits.argmax(1) == y).sum()
-        self.train_seconds += time.perf_counter() - t0
-        seen = n_batches * min(bs, n)
-        return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
+        return loss_sum, correct
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> tuple[float, float]:

@@ -1,0 +1,315 @@
+"""``creditbench bench``: wall time and FLOPs per update of algorithms on one network, in one process.
+
+Every algorithm runs the training path itself (:meth:`harness.train.Trainer.train_batches`: batching, the
+algorithm's step inside the cost meter, the optimizer), on the same data tensors, rounds interleaved:
+
+    for each round: for each algorithm: a fresh trainer (same seed), its pre-training, warm-up updates
+    (the meter's untimed warm-up and one FLOP-counted update of every kind), then a timed window.
+
+* **mean** seconds per update: the window's wall time / its updates. The window holds whole schedule periods
+  (rfl's sleep–wake: a multiple of ``sleep_every``), so sleeps and inner loops are amortised as in a trial.
+* **median**: of the window's single updates, as the cost meter times them (CUDA events on a GPU).
+* **FLOPs per update by phase**: the meter's count (amortised over the update mix; pre-training and between-epoch
+  work are not in the window and not in these figures); **GFLOP/s** = FLOPs / mean time.
+* ratios to the baseline (bp) per round; the table gives the median over rounds and the range.
+* two floors, timed in the same rounds: a **bare PyTorch loop** of bp (``torch.nn`` layers of the same shapes, the
+  same optimizer, ``F.cross_entropy``, ``loss.backward()``) on the same tensors, and the **matmul throughput** of
+  the machine for the network's products (forward, input gradient and weight gradient of every linear layer at
+  this batch size; convolutional layers as their own forward and backward), in GFLOP/s.
+
+CPU threads: ``threads`` (default: every core), set for the whole run and recorded. On CUDA the data are moved to
+the device once; the window is closed by one synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from harness.datasets import load_dataset
+from harness.errors import ConfigError
+from harness.hparams import TrainConfig, split_overrides
+from harness.network_presets import CNNSpec, resolve_spec
+from harness.registry import get_algorithm
+from harness.schema import COST_PHASES
+from harness.train import Trainer, resolve_device
+
+BARE = "bare-pytorch-bp"
+MATMUL = "matmul-floor"
+
+
+@dataclass
+class BenchConfig:
+    algos: list[str]
+    network: str = "mlp-5x256-tanh"
+    dataset: str = "fashion-mnist"
+    batch_size: int = 128
+    updates: int = 200
+    rounds: int = 3
+    device: str = "cpu"
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    baseline: str = "bp"
+    sets: dict[str, str] = field(default_factory=dict)  # training and algorithm knobs, applied where they act
+
+    def check(self) -> None:
+        for name, value, low in (("--updates", self.updates, 1), ("--rounds", self.rounds, 1),
+                                 ("--batch-size", self.batch_size, 1), ("--threads", self.threads, 1)):
+            if value < low:
+                raise ConfigError(f"{name} must be ≥ {low}, got {value}")
+
+
+# ------------------------------------------------------------------------------------------ trainers
+def make_trainer(algo: str, cfg: BenchConfig, data, seed: int = 0, sets: dict | None = None) -> Trainer:
+    """A fresh trainer of ``algo`` on the bench's network and data, its pre-training done. ``sets``: training and
+    algorithm knobs (``--set``), each given to the algorithm only where it is one of its knobs."""
+    params_cls = get_algorithm(algo).Params
+    given = dict(cfg.sets if sets is None else sets)
+    own = {k: v for k, v in given.items() if k in params_cls.model_fields or k in TrainConfig.model_fields}
+    train, params = split_overrides(own, params_cls, algo)
+    trainer = Trainer({"algo": algo, "dataset": cfg.dataset, "network": cfg.network, "seed": seed,
+                       "device": str(data.x_train.device), "threads": cfg.threads,
+                       "train": {**train, "batch_size": cfg.batch_size}, "params": params}, data=data)
+    trainer._pretrain()
+    return trainer
+
+
+def schedule_period(trainer: Trainer) -> int:
+    """Updates in one period of the algorithm's update mix (1 unless some kind is rarer, e.g. a sleep every S)."""
+    weights = [w for w in trainer.algo.update_mix().values() if w > 0]
+    return max(1, round(sum(weights) / min(weights)))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_trainer(trainer: Trainer, updates: int) -> dict:
+    """Warm up, then time a window of whole periods: mean and median seconds per update, FLOPs by phase."""
+    period = schedule_period(trainer)
+    n = math.ceil(updates / period) * period
+    warm = math.ceil((trainer.meter.warmup + 1) / period) * period + period  # every kind counted, then timed once
+    n_train, bs = len(trainer.data.y_train), trainer.tc.batch_size
+    total = warm + n
+    perm = torch.randint(n_train, (total * bs,), generator=trainer.data_gen, device=trainer.device)
+    trainer.train_batches(perm[:warm * bs], warm)
+    trainer.meter.summary()  # resolves CUDA timings so far
+    before = {k: len(v) for k, v in trainer.meter.step_ns.items()}
+    _sync(trainer.device)
+    t0 = time.perf_counter()
+    trainer.train_batches(perm[warm * bs:], n)
+    _sync(trainer.device)
+    seconds = (time.perf_counter() - t0) / n
+    trainer.meter.summary()
+    window = [t for k, v in trainer.meter.step_ns.items() for t in v[before.get(k, 0):]]
+    flops = trainer.meter.flops_by_phase or {}
+    return {"updates": n, "mean_s": seconds, "median_s": statistics.median(window) / 1e9 if window else math.nan,
+            "flops": {p: float(flops.get(p, math.nan)) for p in COST_PHASES}}
+
+
+# ------------------------------------------------------------------------------------------ floors
+ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "leaky-relu": torch.nn.LeakyReLU,
+               "linear": torch.nn.Identity}
+
+
+def bare_network(spec, data) -> torch.nn.Sequential:
+    """The network of ``spec`` (an MLP or CNN preset) as torch.nn modules, no harness code."""
+    act = ACTIVATIONS[spec.activation]
+    layers: list[torch.nn.Module] = []
+    if isinstance(spec, CNNSpec):
+        c = data.x_train.shape[1]
+        for conv in spec.convs:
+            layers += [torch.nn.Conv2d(c, conv.channels, conv.kernel, conv.stride, conv.padding), act()]
+            layers += [torch.nn.MaxPool2d(conv.pool)] if conv.pool > 1 else []
+            c = conv.channels
+        hidden = spec.hidden
+    else:
+        hidden = (spec.width,) * spec.depth
+    layers.append(torch.nn.Flatten())
+    for width in hidden:
+        layers += [torch.nn.LazyLinear(width), act()]
+    net = torch.nn.Sequential(*layers, torch.nn.LazyLinear(data.num_classes)).to(data.x_train.device)
+    net(data.x_train[:2])  # materialise the lazy layers
+    return net
+
+
+def bare_optimizer(net: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    if train.optimizer == "adam":
+        return torch.optim.Adam(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.SGD(net.parameters(), lr=train.lr, weight_decay=train.weight_decay,
+                           momentum=train.momentum if train.optimizer == "momentum" else 0.0)
+
+
+def bare_bp_seconds(data, updates: int, spec, train: TrainConfig, batch: int) -> float:
+    """Mean wall seconds per update of a bare PyTorch bp loop (no harness code), after 10 warm-up updates."""
+    torch.manual_seed(0)
+    net = bare_network(spec, data)
+    opt = bare_optimizer(net, train)
+    perm = torch.randint(len(data.y_train), ((updates + 10) * batch,), device=data.x_train.device)
+
+    def update(i: int) -> None:
+        idx = perm[i * batch:(i + 1) * batch]
+        loss = torch.nn.functional.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for i in range(10):
+        update(i)
+    _sync(data.x_train.device)
+    t0 = time.perf_counter()
+    for i in range(10, updates + 10):
+        update(i)
+    _sync(data.x_train.device)
+    return (time.perf_counter() - t0) / updates
+
+
+def matmul_gflops(data, spec, batch: int, repeats: int = 20) -> float:
+    """The machine's throughput on the network's own products, GFLOP/s: for every linear layer (in → out) the
+    forward B×in·in×out, the input gradient B×out·out×in (not for the first layer) and the weight gradient
+    out×B·B×in; convolutional layers by their forward and backward through autograd (FLOPs from the counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = bare_network(spec, data)
+    device = data.x_train.device
+    x = data.x_train[:batch]
+    h = x
+    work: list = []  # callables, each one product or one conv forward+backward
+    first = True
+    for module in net:
+        if isinstance(module, torch.nn.Linear):
+            a = h.flatten(1).detach().clone()
+            w = module.weight.detach().clone()
+            d = torch.randn(batch, w.shape[0], device=device)
+            work.append(lambda a=a, w=w: a @ w.t())
+            if not first:
+                work.append(lambda d=d, w=w: d @ w)
+            work.append(lambda d=d, a=a: d.t() @ a)
+            first = False
+        elif isinstance(module, torch.nn.Conv2d):
+            a = h.detach().clone().requires_grad_(not first)
+            conv = module
+
+            def conv_step(a=a, conv=conv):
+                out = conv(a)
+                out.backward(torch.ones_like(out))
+            work.append(conv_step)
+            first = False
+        h = module(h).detach()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        for f in work:
+            f()
+    flops = counter.get_total_flops()
+    for f in work:  # warm-up
+        f()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        for f in work:
+            f()
+    _sync(device)
+    return flops * repeats / (time.perf_counter() - t0) / 1e9
+
+
+# ------------------------------------------------------------------------------------------ the run
+def run_bench(cfg: BenchConfig, log=None) -> dict:
+    """Interleaved rounds over ``cfg.algos`` (the baseline first), the bare loop and the matmul floor."""
+    cfg.check()
+    algos = [cfg.baseline] + [a for a in dict.fromkeys(cfg.algos) if a != cfg.baseline]
+    for a in algos:
+        get_algorithm(a)  # unknown names: one line naming the valid ones
+    spec = resolve_spec(cfg.network)
+    device = resolve_device(cfg.device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        data = load_dataset(cfg.dataset, device=device)
+        base_train = TrainConfig.build({k: v for k, v in cfg.sets.items() if k in TrainConfig.model_fields})
+        records: list[dict] = []
+        for r in range(cfg.rounds):
+            for algo in algos:
+                trainer = make_trainer(algo, cfg, data)
+                rec = {"round": r, "name": algo, **time_trainer(trainer, cfg.updates)}
+                records.append(rec)
+                if log:
+                    print(f"round {r} {algo:>16}: {rec['mean_s'] * 1e3:8.2f} ms/update (median "
+                          f"{rec['median_s'] * 1e3:.2f}) over {rec['updates']}", file=log, flush=True)
+            bare = bare_bp_seconds(data, cfg.updates, spec, base_train, cfg.batch_size)
+            records.append({"round": r, "name": BARE, "updates": cfg.updates, "mean_s": bare, "median_s": math.nan,
+                            "flops": {}})
+            records.append({"round": r, "name": MATMUL, "gflops": matmul_gflops(data, spec, cfg.batch_size)})
+            if log:
+                print(f"round {r} {BARE:>16}: {bare * 1e3:8.2f} ms/update; matmul floor "
+                      f"{records[-1]['gflops']:.1f} GFLOP/s", file=log, flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    return summarise(cfg, algos, records)
+
+
+def _range(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarise(cfg: BenchConfig, algos: list[str], records: list[dict]) -> dict:
+    """Per algorithm (and the bare loop): medians over rounds, and per-round ratios to the baseline."""
+    from harness.provenance import cpu_model
+
+    by = lambda name: [r for r in records if r["name"] == name]
+    base = {r["round"]: r for r in by(cfg.baseline)}
+    rows = []
+    for name in [*algos, BARE]:
+        recs = by(name)
+        mean = [r["mean_s"] for r in recs]
+        row = {"name": name, "rounds": len(recs), "updates": recs[0]["updates"],
+               "mean_s": statistics.median(mean), "median_s": statistics.median([r["median_s"] for r in recs]),
+               "time_ratio": _range([r["mean_s"] / base[r["round"]]["mean_s"] for r in recs])}
+        if name != BARE:
+            flops = recs[0]["flops"]
+            total = sum(flops.values())
+            base_flops = sum(base[0]["flops"].values())
+            row.update(flops_by_phase=flops, flops=total, gflops_per_s=total / row["mean_s"] / 1e9,
+                       flops_ratio=total / base_flops)
+            row["overhead"] = row["time_ratio"]["median"] / row["flops_ratio"]
+        rows.append(row)
+    floor = [r["gflops"] for r in records if r["name"] == MATMUL]
+    return {"config": asdict(cfg), "machine": {"cpu": cpu_model(), "threads": cfg.threads,
+                                               "device": str(resolve_device(cfg.device)),
+                                               "torch": torch.__version__},
+            "rows": rows, "matmul_gflops": _range(floor), "records": records}
+
+
+def table_text(result: dict, markdown: bool = False) -> str:
+    """The bench as a table: one row per algorithm, then the bare loop and the matmul floor."""
+    cfg, m = result["config"], result["machine"]
+    head = ["algorithm", "ms/update (mean)", "median", "MFLOPs/update (forward/credit/feedback)", "GFLOP/s",
+            f"× {cfg['baseline']} time (range)", f"× {cfg['baseline']} FLOPs", "time ratio / FLOP ratio"]
+    rows = []
+    for r in result["rows"]:
+        t = r["time_ratio"]
+        ratio = f"{t['median']:.2f} ({t['min']:.2f}–{t['max']:.2f})"
+        if r["name"] == BARE:
+            rows.append([r["name"], f"{r['mean_s'] * 1e3:.2f}", "–", "–", "–", ratio, "–", "–"])
+            continue
+        f = r["flops_by_phase"]
+        phases = "/".join(f"{f[p] / 1e6:.1f}" for p in COST_PHASES)
+        rows.append([r["name"], f"{r['mean_s'] * 1e3:.2f}", f"{r['median_s'] * 1e3:.2f}",
+                     f"{r['flops'] / 1e6:.1f} ({phases})", f"{r['gflops_per_s']:.1f}", ratio,
+                     f"{r['flops_ratio']:.2f}", f"{r['overhead']:.2f}"])
+    mm = result["matmul_gflops"]
+    title = (f"{cfg['dataset']}, {cfg['network']}, batch {cfg['batch_size']}, {m['device']} ({m['cpu']}), "
+             f"{m['threads']} thread(s), torch {m['torch']}; {cfg['rounds']} interleaved rounds of "
+             f"{cfg['updates']} updates; matmul floor for this network's products: {mm['median']:.1f} GFLOP/s "
+             f"({mm['min']:.1f}–{mm['max']:.1f})")
+    if markdown:
+        lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines) + "\n"
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([title, "", fmt(head), *map(fmt, rows)]) + "\n"
