@@ -96,6 +96,19 @@ def damped_pinv_t(W: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
     return (U * (s / (s * s + lam))) @ Vh
 
 
+def pinv_residual(qt: torch.Tensor, w: torch.Tensor, lam: torch.Tensor | float) -> float:
+    """‖Q(WWᵀ + λI) − Wᵀ‖_F / ‖Wᵀ‖_F for Qt = Qᵀ (W's shape), computed transposed: how far Q is from
+    solving the damped pseudoinverse's equation (0 at Q* = Wᵀ(WWᵀ + λI)⁻¹). Shared with dinv."""
+    m = w @ w.t()
+    m.diagonal().add_(lam)
+    return ((m @ qt - w).norm() / w.norm()).item()
+
+
+def pinv_angles(qt: torch.Tensor, w: torch.Tensor) -> tuple[float, float]:
+    """(∠(Q, W⁺), ∠(Q, Wᵀ)) in degrees, for Qt = Qᵀ (W's shape); W⁺ is Moore–Penrose. Shared with dinv."""
+    return angle_degrees(qt, torch.linalg.pinv(w).t()), angle_degrees(qt, w)
+
+
 def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm()
 
@@ -485,13 +498,8 @@ class ReciprocalFeedback(Algorithm):
     @torch.no_grad()
     def pinv_residuals(self) -> dict[int, float]:
         """‖Q_j(W_jW_jᵀ + λI) − W_jᵀ‖_F / ‖W_jᵀ‖_F per layer j ≥ 1 (computed transposed)."""
-        out = {}
-        for j, qt in self.feedback_for_credit.items():
-            w = self.learner.W(j)
-            m = w @ w.t()
-            m.diagonal().add_(self.learner.lam(j))
-            out[j] = ((m @ qt - w).norm() / w.norm()).item()
-        return out
+        return {j: pinv_residual(qt, self.learner.W(j), self.learner.lam(j))
+                for j, qt in self.feedback_for_credit.items()}
 
     def contraction(self, x, y) -> float:
         """ρ = ‖δa − J Δh_1‖ / ‖δa‖, J = ∂a_{L−1}/∂h_1 (``harness.metrics.contraction``), on (x, y)."""
@@ -514,9 +522,7 @@ class ReciprocalFeedback(Algorithm):
         W_j⁺ and to W_jᵀ, in degrees."""
         out = {}
         for j, qt in self.feedback_for_credit.items():
-            w = self.learner.W(j)
-            out[f"angle_q_pinv_l{j + 1}"] = angle_degrees(qt, torch.linalg.pinv(w).t())
-            out[f"angle_q_wt_l{j + 1}"] = angle_degrees(qt, w)
+            out[f"angle_q_pinv_l{j + 1}"], out[f"angle_q_wt_l{j + 1}"] = pinv_angles(qt, self.learner.W(j))
         return out
 
     def diagnostics(self, x, y):

@@ -1,0 +1,74 @@
+"""pc-kp — predictive coding with learned (Kolen–Pollack) feedback (Millidge, Tschantz, Seth & Buckley 2020,
+"Relaxing the constraints on predictive coding models", arXiv:2010.01047, "learnable backwards weights";
+the rule: Kolen & Pollack 1994, as in ``algorithms/kp.py``).
+
+As pc-fa (``algorithms/pc_fa.py``): inference sends δ_j down through B_j (W_j's shape, fa's seeded draw
+at the start), but B_j learns with W_j's own local update, and both decay:
+
+    G_j = −δ_j v_jᵀ / (β n)        (pc's pseudo-gradient, at the end of inference)
+    ΔW_j = −η (G_j + λ W_j),        ΔB_j = −η_B (G_j + λ B_j)          (j ≥ 1; layer 0 has no B)
+
+W's decay enters its pseudo-gradient (``.grad = G_j + λ W_j``, every layer; biases do not decay), applied
+by the shared optimizer; B_j is updated here by plain SGD in ``step()`` after the credit pass, with the
+G_j of that pass (computed with the B_j before its update). With ``optimizer=sgd`` and ``feedback_lr`` =
+``lr``, W_j − B_j ← (1 − ηλ)(W_j − B_j) every update, so B_j → W_j (pc's feedback) at rate ηλ. B's update
+is ``feedback`` work (2 FLOPs per entry), W's decay ``credit``.
+"""
+
+import torch
+
+from harness.algorithm import Plausibility
+from harness.hparams import hp, loguniform
+from harness.registry import register_algorithm
+
+from algorithms.kp import LearnedFeedback
+from algorithms.pc_fa import PredictiveCodingFA
+
+
+@register_algorithm
+class PredictiveCodingKP(PredictiveCodingFA):
+    name = "pc-kp"
+    version = 1
+    description = ("predictive coding with feedback B_l learned by the Kolen–Pollack rule "
+                   "(W_l's local update and decay on both), so B_l → W_l")
+    reference = ("Millidge, Tschantz, Seth & Buckley 2020, arXiv:2010.01047; Kolen & Pollack 1994, Proc. IEEE "
+                 "ICNN")
+
+    class Params(PredictiveCodingFA.Params):
+        feedback_lr: float = hp(0.1, "η_B: plain-SGD learning rate of B_l (B_l ← B_l − η_B(G_l + λB_l)); with "
+                                "optimizer=sgd and lr = feedback_lr, W and B get identical updates",
+                                gt=0, le=100, search=loguniform(1e-3, 1.0))
+        decay: float = hp(1e-3, "λ: decay of both W_l (added to its pseudo-gradient) and B_l; W − B shrinks by "
+                          "(1 − ηλ) per update under sgd at lr = feedback_lr", ge=0, le=10,
+                          search=loguniform(1e-5, 1e-2))
+
+    def plausibility(self):
+        return Plausibility(weight_transport=False, local=True, phases="single", feedback_learning=True,
+                            notes="B_l learns from the local δ_l v_lᵀ that W_l learns from; both decay, "
+                                  "so B_l − W_l → 0 without reading W")
+
+    def _decay_grads(self) -> None:
+        """.grad of every W_j ← G_j + λ W_j (biases untouched); nothing to do at λ = 0."""
+        lam = self.hp.decay
+        if lam == 0:
+            return
+        with self.phase("credit"):
+            for layer in self.net.layers:
+                layer.weight.grad = torch.add(layer.weight.grad, layer.weight.detach(), alpha=lam)
+
+    @torch.no_grad()
+    def compute_update(self, x, y):
+        out = super().compute_update(x, y)
+        self._decay_grads()
+        return out
+
+    @torch.no_grad()
+    def step(self, x, y):
+        out = super().compute_update(x, y)  # pc's pass: .grad = G_j, computed with the current B_j
+        eta, lam = self.hp.feedback_lr, self.hp.decay
+        with self.phase("feedback"):
+            for j in range(1, len(self.net.layers)):
+                # kp's B_j ← (1 − η_B λ) B_j − η_B G_j (out of place)
+                LearnedFeedback.decayed_step(self, j, self.net.layers[j].weight.grad, eta, lam, -eta)
+        self._decay_grads()
+        return out
