@@ -66,9 +66,6 @@ class DirectDTP(TargetProp):
     def feedback_kind(self) -> str:
         return "linear"
 
-    def learned(self) -> bool:
-        return True
-
     # ---------------------------------------------------------------- state
     def inverse_layers(self) -> list[int]:
         """0-based indices of the hidden layers, each with direct feedback from the output."""
