@@ -28,9 +28,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from harness.bench import bare_bp_seconds
 from harness.datasets import load_dataset
 from harness.hparams import TrainConfig, split_overrides
-from harness.network_presets import CNNSpec, resolve_spec
+from harness.network_presets import resolve_spec
 from harness.registry import get_algorithm
 from harness.train import Trainer
 
@@ -98,57 +99,6 @@ def timed_window(trainer: Trainer, n: int) -> float:
 BARE = "bare-pytorch-bp"
 
 
-ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "leaky-relu": torch.nn.LeakyReLU,
-               "linear": torch.nn.Identity}
-
-
-def bare_network(spec, data) -> torch.nn.Sequential:
-    """The network of ``spec`` (an MLP or CNN preset) as torch.nn modules, no harness code."""
-    act = ACTIVATIONS[spec.activation]
-    layers: list[torch.nn.Module] = []
-    if isinstance(spec, CNNSpec):
-        c = data.x_train.shape[1]
-        for conv in spec.convs:
-            layers += [torch.nn.Conv2d(c, conv.channels, conv.kernel, conv.stride, conv.padding), act()]
-            layers += [torch.nn.MaxPool2d(conv.pool)] if conv.pool > 1 else []
-            c = conv.channels
-        hidden = spec.hidden
-    else:
-        hidden = (spec.width,) * spec.depth
-    layers.append(torch.nn.Flatten())
-    for width in hidden:
-        layers += [torch.nn.LazyLinear(width), act()]
-    net = torch.nn.Sequential(*layers, torch.nn.LazyLinear(data.num_classes))
-    net(data.x_train[:2])  # materialise the lazy layers
-    return net
-
-
-def bare_bp_window(data, n: int, spec, train: TrainConfig) -> float:
-    """Mean wall seconds per update of a bare PyTorch bp loop (no harness code) over n updates, with the
-    reference's optimizer (adam, sgd or momentum), learning rate, weight decay and batch size."""
-    torch.manual_seed(0)
-    net, batch = bare_network(spec, data), train.batch_size
-    if train.optimizer == "adam":
-        opt = torch.optim.Adam(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    else:
-        opt = torch.optim.SGD(net.parameters(), lr=train.lr, weight_decay=train.weight_decay,
-                              momentum=train.momentum if train.optimizer == "momentum" else 0.0)
-    perm = torch.randint(len(data.y_train), ((n + 1) * batch,))
-
-    def update(i: int) -> None:
-        idx = perm[i * batch:(i + 1) * batch]
-        loss = torch.nn.functional.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    update(0)
-    t0 = time.perf_counter()
-    for i in range(1, n + 1):
-        update(i)
-    return (time.perf_counter() - t0) / n
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("list", nargs="?", default="sweeps/studies/rfl-issue10.txt", type=Path)
@@ -172,7 +122,8 @@ def main() -> None:
         for name in names:
             if name == BARE:
                 records.append({"round": r, "trial": name, "updates": args.updates,
-                                "s_per_update": bare_bp_window(data, args.updates, spec, ref_train)})
+                                "s_per_update": bare_bp_seconds(data, args.updates, spec, ref_train,
+                                                                ref_train.batch_size)})
                 print(f"round {r} {name:>18}: {records[-1]['s_per_update'] * 1e3:8.2f} ms/update", flush=True)
                 continue
             trainer, sets = trainer_for(rows[name], data, network), rows[name][2]
