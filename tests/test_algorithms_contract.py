@@ -2,6 +2,8 @@
 
 import copy
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -210,3 +212,29 @@ def test_algorithm_reference_is_what_the_code_declares():
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "algorithms.md"
     assert doc.read_text() == reference(), "docs/algorithms.md is out of date: run `make docs`"
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_an_update_never_reads_a_tensor_back_to_the_host(name, monkeypatch):
+    """No ``.item()``, ``bool(t)``, ``float(t)``, ``int(t)`` or ``.tolist()`` in an update: on a GPU each one
+    would stall the device (a host sync per update). Setup and diagnostics may read values back."""
+    net, algo = make(name)
+    x, y = batch()
+    algo.step(x, y)  # a first update may prime state (e.g. rfl's σ̂ before the first sleep)
+
+    torch_dir = str(Path(torch.__file__).parent)
+
+    def guarded(attr):
+        original = getattr(torch.Tensor, attr)
+
+        def read_back(self, *a, **k):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(torch_dir):  # torch's own (e.g. Adam's step count, a CPU tensor even on a GPU)
+                return original(self, *a, **k)
+            raise AssertionError(f"tensor.{attr} in {caller} during an update")
+        return read_back
+
+    for attr in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, attr, guarded(attr))
+    for _ in range(2):
+        algo.step(x, y)
