@@ -454,6 +454,9 @@ def _provenance_section(inputs: ReportInputs) -> list:
         if "algo_version" in t:
             algo_versions = t.groupby("algo")["algo_version"].first()
             items.append("Algorithm versions: " + ", ".join(f"{a} v{v}" for a, v in algo_versions.items()))
+        concurrency = concurrency_line(src)
+        if concurrency:
+            items.append(concurrency)
         blocks += [Heading(3, f"`{src.label}`"), Items(items + _env_lines(src.env))]
         for name, text in (("spec.yaml", src.spec_text), ("env.json", src.env_text)):
             if text is None:
@@ -461,6 +464,23 @@ def _provenance_section(inputs: ReportInputs) -> list:
             else:
                 blocks.append(Details(name, "yaml" if name.endswith("yaml") else "json", text))
     return blocks
+
+
+def concurrency_line(src) -> str | None:
+    """How many trials shared the machine while wall times were measured (spec.yaml's resources and the Ray
+    cluster's CPUs in env.json): time per update is measured under that load, not alone."""
+    res = src.spec.get("resources") if isinstance(src.spec, dict) else None
+    ray = src.env.get("ray") if isinstance(src.env, dict) else None
+    cpus = ((ray or {}).get("cluster_resources") or {}).get("CPU") or (res or {}).get("num_cpus")
+    if not res or not cpus:
+        return None
+    per_trial = float(res.get("cpus_per_trial") or 1)
+    at_once = int(cpus // per_trial) if per_trial <= cpus else 1
+    if res.get("max_concurrent"):
+        at_once = min(at_once, int(res["max_concurrent"]))
+    threads = max(1, int(per_trial))
+    return (f"Concurrency: up to {at_once} trial(s) at once on {cpus:g} CPU(s), {per_trial:g} CPU and {threads} "
+            f"thread(s) per trial; wall times per update were measured under that load.")
 
 
 def _slug(dataset, network):

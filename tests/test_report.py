@@ -555,3 +555,18 @@ def test_published_rows_name_registered_algorithms():
 
     algos = set(load_published()["algo"].fillna("")) - {""}
     assert algos <= set(algorithm_names()), algos - set(algorithm_names())
+
+
+def test_provenance_states_the_concurrency_wall_times_were_measured_under():
+    from types import SimpleNamespace
+
+    from harness.report import concurrency_line
+
+    src = lambda res, cpus: SimpleNamespace(spec={"resources": res}, env={"ray": {"cluster_resources": {"CPU": cpus}}})
+    assert concurrency_line(src({"cpus_per_trial": 1.0, "max_concurrent": None}, 2.0)) == (
+        "Concurrency: up to 2 trial(s) at once on 2 CPU(s), 1 CPU and 1 thread(s) per trial; wall times per "
+        "update were measured under that load.")
+    assert concurrency_line(src({"cpus_per_trial": 2.0, "max_concurrent": None}, 8.0)).startswith(
+        "Concurrency: up to 4 trial(s) at once on 8 CPU(s), 2 CPU and 2 thread(s)")
+    assert "up to 1 trial(s)" in concurrency_line(src({"cpus_per_trial": 1.0, "max_concurrent": 1}, 16.0))
+    assert concurrency_line(SimpleNamespace(spec=None, env=None)) is None
