@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,11 +136,19 @@ def _budgets(spec: SweepSpec, opts: SweepOptions) -> dict:
 
 
 def _resources(spec: SweepSpec, opts: SweepOptions) -> dict:
+    """The spec's resources with the command line's. ``cpus_per_trial: auto``: with a local Ray, trials that run at
+    most ``max_concurrent`` at once each get the machine's share of CPUs (and as many threads): one trial at a time
+    on 2 cores uses both, two at once one each; without a limit, or on a cluster, one CPU each."""
     resources = spec.resources.model_dump()
     if opts.num_cpus is not None:
         resources["num_cpus"] = opts.num_cpus
     if opts.max_concurrent is not None:
         resources["max_concurrent"] = opts.max_concurrent
+    if resources["cpus_per_trial"] == "auto":
+        local = not (opts.address or os.environ.get("RAY_ADDRESS"))
+        cpus = resources["num_cpus"] or os.cpu_count() or 1
+        limit = resources["max_concurrent"]
+        resources["cpus_per_trial"] = float(max(1, cpus // limit)) if limit and local else 1.0
     return resources
 
 

@@ -96,7 +96,9 @@ class Stopping(_Strict):
 
 
 class Resources(_Strict):
-    cpus_per_trial: float = Field(1.0, gt=0)
+    cpus_per_trial: float | Literal["auto"] = Field(
+        "auto", description="CPUs (and torch threads) per trial; auto: with a local Ray, its CPUs / max_concurrent "
+                            "(1 without a limit, or on a cluster)")
     gpus_per_trial: float | Literal["auto"] = Field(
         "auto", description="GPU fraction per trial; auto: 0.25 where the cluster has GPUs, else 0")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (None: all)")

@@ -167,3 +167,21 @@ def test_every_shipped_spec_plans(path):
 
     spec, plan = resolve(SweepOptions(spec=str(path), dataset="digits"))
     assert plan["algorithms"] and all(len(plan["configs"][a]) == spec.budgets.search_trials for a in plan["algorithms"])
+
+
+def test_trials_one_at_a_time_get_every_cpu_and_two_at_once_half(monkeypatch):
+    """Threads per trial = CPUs / trials at once (local Ray, unless the spec sets cpus_per_trial), recorded in
+    each trial's config."""
+    from harness.planning import SweepOptions, resolve, stage_trials, trial_config
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+    def threads(**opts):
+        spec, plan = resolve(SweepOptions(algo="bp", trials=1, seeds=1, epochs=1, **opts))
+        return spec.resources.cpus_per_trial, trial_config(stage_trials(spec, plan, "search", "/tmp/x")[0])["threads"]
+
+    assert threads(num_cpus=2, max_concurrent=1) == (2.0, 2)
+    assert threads(num_cpus=2, max_concurrent=2) == (1.0, 1)
+    assert threads(num_cpus=8, max_concurrent=3) == (2.0, 2)
+    assert threads(num_cpus=2) == (1.0, 1)  # no limit on trials at once: the spec's one CPU each
+    assert threads(num_cpus=2, max_concurrent=1, address="127.0.0.1:6379") == (1.0, 1)  # a cluster: as the spec says
