@@ -1,8 +1,9 @@
 """Issue 18: a sweep on a running Ray cluster (``ray start --head`` on 127.0.0.1, ``sweep --address``) gives
 the same trial table as the same sweep on a private local Ray.
 
-The head runs in its own temporary directory and process group, and is stopped by killing that group only:
-``ray stop`` would stop every Ray of the machine (it matches processes by name), other tests' included.
+The head runs in its own temporary directory and process group, and is stopped by signalling that group's
+processes and their descendants (the workers) by pid: ``ray stop`` would stop every Ray of the machine (it
+matches processes by name), other tests' and other users' included.
 Both sweeps run as ``creditbench sweep`` subprocesses, so neither joins a Ray of the test process.
 """
 
@@ -39,31 +40,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``."""
-    out = []
+def _processes() -> dict[int, tuple[int, int]]:
+    """pid → (parent pid, process group) of every live (not zombie) process, from /proc."""
+    out = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            out.append(int(stat.parent.name))
+        if fields[0] != "Z":
+            out[int(stat.parent.name)] = (int(fields[1]), int(fields[2]))
     return out
 
 
-def stop_group(pgid: int, grace: float = 3.0) -> None:
-    """SIGTERM to the head's process group, SIGKILL to what is left after ``grace`` seconds."""
+def head_processes(pgid: int) -> set[int]:
+    """The head's live processes: its process group (GCS, raylet, agents) and their descendants (the raylet
+    starts each worker in a process group of its own)."""
+    procs = _processes()
+    found = {pid for pid, (_, group) in procs.items() if group == pgid}
+    while True:
+        more = {pid for pid, (parent, _) in procs.items() if parent in found} - found
+        if not more:
+            return found
+        found |= more
+
+
+def stop_head(pgid: int, grace: float = 3.0) -> set[int]:
+    """SIGTERM to the head's processes, SIGKILL to those left after ``grace`` seconds; return any still alive."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
+        for pid in head_processes(pgid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + wait
-        while _members(pgid) and time.monotonic() < deadline:
+        while head_processes(pgid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if not _members(pgid):
-            return
+    return head_processes(pgid)
 
 
 @pytest.fixture
@@ -96,17 +109,26 @@ def ray_head():
         assert head.returncode == 0, out[-3000:]
         yield f"127.0.0.1:{port}", env, temp
     finally:
-        stop_group(head.pid)
-        left = _members(head.pid)
+        left = stop_head(head.pid)
         subprocess.run(["rm", "-rf", str(temp)], check=False)
         assert not left, f"processes of the Ray head still alive: {left}"
 
 
-def run_sweep(args: list[str], cwd: Path, env: dict) -> Path:
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", *args], cwd=cwd, env=env, text=True,
-                          capture_output=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return Path(proc.stdout.strip().splitlines()[-1])
+def start_sweep(args: list[str], cwd: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> Path:
+    """The results directory a sweep printed last."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"the sweep did not finish within {timeout} s: {err[-4000:]}")
+    assert proc.returncode == 0, err[-4000:]
+    return Path(out.strip().splitlines()[-1])
 
 
 def test_sweep_on_a_running_cluster_matches_a_private_local_ray(ray_head, tmp_path):
@@ -118,17 +140,20 @@ def test_sweep_on_a_running_cluster_matches_a_private_local_ray(ray_head, tmp_pa
         "name": "tiny", "dataset": "mnist", "network": "mlp-1x16-tanh", "val_size": 40, "algorithms": ["bp", "fa"],
         "optimizer": {"optimizer": "adam", "batch_size": 32}, "seeds": 1, "probe_size": 32,
         "budgets": {"search_trials": 2, "search_epochs": 2, "final_epochs": 2},
-        "stopping": {"patience": 5}, "resources": {"max_failures": 0},
+        "stopping": {"patience": 5}, "resources": {"max_failures": 0, "max_concurrent": 1},
     }))
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled", "CREDITBENCH_DATA_DIR": str(data)}
     env.pop("RAY_ADDRESS", None)
     common = ["--spec", str(spec), "--results", str(tmp_path / "results")]
-    on_cluster = run_sweep([*common, "--name", "cluster", "--address", address], tmp_path, env)
-    local = run_sweep([*common, "--name", "local", "--num-cpus", "2"], tmp_path, env)
+    # at the same time (each trial runs single-threaded, so the metrics do not depend on the load)
+    procs = [start_sweep([*common, "--name", "cluster", "--address", address], tmp_path, env),
+             start_sweep([*common, "--name", "local", "--num-cpus", "2"], tmp_path, env)]
+    on_cluster, local = (finish(p) for p in procs)
 
     a, b = (pd.read_csv(o / "trials.csv", dtype={"dataset_fingerprint": str}) for o in (on_cluster, local))
     # the head's workers found the dataset where the driver did (the driver's $CREDITBENCH_DATA_DIR)
-    assert len(a) == 6 and (a.status == "ok").all() and (a.epochs == 2).all(), a[["trial_id", "status", "error"]].to_string()
+    assert len(a) == 6 and (a.status == "ok").all() and (a.epochs == 2).all(), \
+        a[["trial_id", "status", "error"]].to_string()
     # the first sweep's trials ran on the head's workers (their logs are in its temp dir)
     assert list(head_temp.glob("session_*/logs/worker-*")), "no worker of the head ran"
     cluster_env, local_env = (json.loads((o / "env.json").read_text())["ray"] for o in (on_cluster, local))
@@ -141,3 +166,8 @@ def test_sweep_on_a_running_cluster_matches_a_private_local_ray(ray_head, tmp_pa
     assert same == [c for c in b.columns if c not in TIMING]
     assert {"test_acc", "best_val_acc", "final_test_acc", "updates", "flops_per_update"} <= set(same)
     pd.testing.assert_frame_equal(a[same], b[same])
+    # and every epoch: losses and accuracies on every split, FLOPs, angles
+    a, b = (pd.read_csv(o / "epochs.csv") for o in (on_cluster, local))
+    assert len(a) == 12 and {"train_loss", "val_loss", "test_loss", "flops_total"} <= set(a.columns)
+    pd.testing.assert_frame_equal(a.drop(columns=[c for c in TIMING if c in a]),
+                                  b.drop(columns=[c for c in TIMING if c in b]))
