@@ -30,8 +30,7 @@ RAY = Path(sys.executable).with_name("ray")
 TIMING = {"seconds_per_update", "seconds_per_update_p10", "seconds_per_update_p90", "seconds_per_update_median",
           "wall_time_s", "peak_memory_bytes"}  # depend on the machine and its load (README: Reproducibility)
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not RAY.is_file(), reason=f"no `ray` executable beside {sys.executable}")]
+needs_ray = pytest.mark.skipif(not RAY.is_file(), reason=f"no `ray` executable beside {sys.executable}")
 
 
 def free_port() -> int:
@@ -131,6 +130,22 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
+def test_workers_get_the_checkout_and_the_drivers_data_dir(monkeypatch, tmp_path):
+    """Workers of a `ray start` cluster inherit that command's environment: the sweep hands them the checkout
+    and the driver's $CREDITBENCH_DATA_DIR (absolute: a worker's working directory is not the driver's)."""
+    from harness.sweep import worker_runtime_env
+
+    monkeypatch.delenv("CREDITBENCH_DATA_DIR", raising=False)
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    env = worker_runtime_env()["env_vars"]
+    assert env == {"PYTHONPATH": os.pathsep.join([str(REPO), "/elsewhere"])}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CREDITBENCH_DATA_DIR", "data")
+    assert worker_runtime_env()["env_vars"]["CREDITBENCH_DATA_DIR"] == str(tmp_path.resolve() / "data")
+
+
+@pytest.mark.slow
+@needs_ray
 def test_sweep_on_a_running_cluster_matches_a_private_local_ray(ray_head, tmp_path):
     address, _, head_temp = ray_head
     data = tmp_path / "data"  # the driver's data folder, given by $CREDITBENCH_DATA_DIR on the driver only
