@@ -95,7 +95,7 @@ def ray_head():
            "--object-store-memory", str(128 * 2**20), "--dashboard-port", str(free_port()),
            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
            "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
-    # its own session: `ray start` and everything it starts (GCS, raylet, agents, workers) share one process group
+    # its own session: `ray start` and the GCS, raylet and agents it starts share one process group (see stop_head)
     head = subprocess.Popen(cmd, env=env, cwd=temp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -163,7 +163,13 @@ def test_sweep_on_a_running_cluster_matches_a_private_local_ray(ray_head, tmp_pa
     # at the same time (each trial runs single-threaded, so the metrics do not depend on the load)
     procs = [start_sweep([*common, "--name", "cluster", "--address", address], tmp_path, env),
              start_sweep([*common, "--name", "local", "--num-cpus", "2"], tmp_path, env)]
-    on_cluster, local = (finish(p) for p in procs)
+    try:
+        on_cluster, local = (finish(p) for p in procs)
+    finally:  # one failed: the other is not left running (a private Ray ends with its driver)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
 
     a, b = (pd.read_csv(o / "trials.csv", dtype={"dataset_fingerprint": str}) for o in (on_cluster, local))
     # the head's workers found the dataset where the driver did (the driver's $CREDITBENCH_DATA_DIR)
