@@ -110,9 +110,17 @@ def tune_trainable(config: dict) -> None:
 
 # =========================================================================== Tune plumbing
 def worker_runtime_env() -> dict:
-    """Workers import this checkout's code (also right for an editable install)."""
+    """Workers import this checkout's code (also right for an editable install), and read datasets where the
+    driver does: its ``$CREDITBENCH_DATA_DIR`` when set. Workers of a cluster started with ``ray start``
+    inherit that command's environment, not the driver's, so without this a driver-side data folder would be
+    checked before the sweep and then looked for elsewhere by the trials (``--data-dir`` travels in the plan)."""
+    from harness.datasets import DATA_DIR_ENV
+
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    return {"env_vars": {"PYTHONPATH": path}}
+    env_vars = {"PYTHONPATH": path}
+    if os.environ.get(DATA_DIR_ENV):
+        env_vars[DATA_DIR_ENV] = str(Path(os.environ[DATA_DIR_ENV]).expanduser().resolve())
+    return {"env_vars": env_vars}
 
 
 def _trial_dirname(trial) -> str:
@@ -195,6 +203,11 @@ def _gpus_per_trial(spec: SweepSpec) -> float:
     return float(g)
 
 
+def ray_address(address: str | None) -> str:
+    """The Ray a sweep runs on: ``--address``, else ``$RAY_ADDRESS``, else ``local`` (a private Ray)."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def _start_ray(spec: SweepSpec, address: str | None) -> bool:
     """Start (or join) Ray; return whether this call started it (and so must shut it down)."""
     import logging
@@ -203,7 +216,7 @@ def _start_ray(spec: SweepSpec, address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    address = ray_address(address)
     kwargs = dict(include_dashboard=False, runtime_env=worker_runtime_env(), logging_level=logging.WARNING,
                   log_to_driver=False)  # each trial logs to raw/trials/<id>/train.log; errors reach Tune
     if address == "local":
@@ -448,8 +461,17 @@ def write_tables(out_dir: Path, rows: list[dict], epochs: list[dict], log=sys.st
     return trials
 
 
+def _nodes() -> list[dict]:
+    """The cluster's live nodes (address and resources): which machines the trials could run on."""
+    import ray
+
+    return sorted(({"address": n.get("NodeManagerAddress"), "hostname": n.get("NodeManagerHostname"),
+                    "resources": {k: v for k, v in (n.get("Resources") or {}).items() if k in ("CPU", "GPU")}}
+                   for n in ray.nodes() if n.get("Alive")), key=lambda n: (str(n["address"]), str(n["hostname"])))
+
+
 def _env(spec: SweepSpec, rows: list[dict], started: float, argv: list[str] | None,
-         resumed_with: dict | None = None) -> dict:
+         resumed_with: dict | None = None, address: str | None = None) -> dict:
     import ray
     import torch
 
@@ -459,7 +481,8 @@ def _env(spec: SweepSpec, rows: list[dict], started: float, argv: list[str] | No
     env["command"] = argv
     if resumed_with is not None:  # a resume: the options it applied on top of the plan (none: {})
         env["resumed_with"] = resumed_with
-    env["ray"] = {"cluster_resources": ray.cluster_resources() if ray.is_initialized() else None}
+    env["ray"] = {"address": address, "cluster_resources": ray.cluster_resources() if ray.is_initialized() else None,
+                  "nodes": _nodes() if ray.is_initialized() else None}
     fps = sorted({r.get("dataset_fingerprint") for r in rows if r.get("dataset_fingerprint")})
     if len(fps) > 1:
         raise CreditbenchError(f"trials of one sweep saw different data for {spec.dataset}: fingerprints {fps}")
@@ -568,7 +591,8 @@ class _Run:
 
     def write(self) -> None:
         write_tables(self.out_dir, self.rows, self.epochs, self.log)
-        store.write_json(self.out_dir / ENV_JSON, _env(self.spec, self.rows, self.started, self.argv, self.resumed_with))
+        store.write_json(self.out_dir / ENV_JSON, _env(self.spec, self.rows, self.started, self.argv, self.resumed_with,
+                                                       ray_address(self.plan.get("address"))))
         write_declarations(self.out_dir, self.declared)
 
     def interrupted_line(self) -> None:
