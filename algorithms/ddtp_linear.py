@@ -87,7 +87,7 @@ class DirectDTP(TargetProp):
                          * math.sqrt(2 / (w.shape[0] + k)))
             if self.feedback_bias():
                 self.c[i] = torch.zeros(w.shape[0], device=w.device, dtype=w.dtype)
-        self.inv_opt = torch.optim.Adam([*self.V.values(), *self.c.values()], lr=self.hp.feedback_lr, foreach=False)
+        self.inv_opt = torch.optim.Adam([*self.V.values(), *self.c.values()], lr=self.hp.feedback_lr, foreach=True)
 
     def extra_state(self):
         return {"V": {i: v.clone() for i, v in self.V.items()}, "c": {i: c.clone() for i, c in self.c.items()},

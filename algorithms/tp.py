@@ -159,7 +159,7 @@ class TargetProp(Algorithm):
             self.c[i] = torch.zeros(w.shape[1], device=w.device, dtype=w.dtype)
         params = [t for i in self.V for t in (self.V[i], self.c[i])]
         if params:
-            self.inv_opt = torch.optim.Adam(params, lr=self.hp.feedback_lr, foreach=False)
+            self.inv_opt = torch.optim.Adam(params, lr=self.hp.feedback_lr, foreach=True)
 
     def extra_state(self):
         return {"V": {i: v.clone() for i, v in self.V.items()}, "c": {i: c.clone() for i, c in self.c.items()},

@@ -106,11 +106,13 @@ class Trainer:
         self.train_seconds = 0.0
 
     def _optimizer(self) -> torch.optim.Optimizer:
+        """``foreach=True``: grouped tensor operations, bit-for-bit the per-tensor loop's arithmetic on CPU
+        (Adam and SGD, float32 and float64, checked) at less Python overhead per update."""
         tc, params = self.tc, self.net.parameters()
         if tc.optimizer == "adam":
-            return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+            return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay, foreach=True)
         momentum = tc.momentum if tc.optimizer == "momentum" else 0.0
-        return torch.optim.SGD(params, lr=tc.lr, momentum=momentum, weight_decay=tc.weight_decay)
+        return torch.optim.SGD(params, lr=tc.lr, momentum=momentum, weight_decay=tc.weight_decay, foreach=True)
 
     # ------------------------------------------------------------------ epochs
     @property
