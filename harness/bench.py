@@ -313,3 +313,80 @@ def table_text(result: dict, markdown: bool = False) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([title, "", fmt(head), *map(fmt, rows)]) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ scaling
+def run_scaling(cfg: BenchConfig, widths: list[int], depths: list[int], log=None) -> dict:
+    """The bench on every ``mlp-<depth>x<width>-<activation>`` (the activation of ``cfg.network``): per network and
+    algorithm, FLOPs and time per update (medians over rounds)."""
+    activation = resolve_spec(cfg.network).activation
+    runs = []
+    for width in widths:
+        for depth in depths:
+            network = f"mlp-{depth}x{width}-{activation}"
+            if log:
+                print(f"--- {network}", file=log, flush=True)
+            result = run_bench(BenchConfig(**{**asdict(cfg), "network": network}), log=log)
+            for row in result["rows"]:
+                if row["name"] != BARE:
+                    runs.append({"network": network, "width": width, "depth": depth, "name": row["name"],
+                                 "flops": row["flops"], "mean_s": row["mean_s"],
+                                 "flops_ratio": row["flops_ratio"], "time_ratio": row["time_ratio"]["median"]})
+            runs.append({"network": network, "width": width, "depth": depth, "name": MATMUL,
+                         "gflops": result["matmul_gflops"]["median"]})
+    return {"config": asdict(cfg), "machine": result["machine"], "widths": widths, "depths": depths, "runs": runs}
+
+
+def scaling_figure(scaling: dict, path) -> None:
+    """Log–log: time per update against FLOPs per update, one line per algorithm through the networks (ordered by
+    bp's FLOPs), and both against the network, with the matmul floor's slope for reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harness.report_figures import linestyle, palette
+
+    runs = [r for r in scaling["runs"] if r["name"] != MATMUL]
+    names = list(dict.fromkeys(r["name"] for r in runs))
+    colours = palette(names)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    size = {r["network"]: r["flops"] for r in runs if r["name"] == names[0]}  # the baseline's FLOPs: network size
+    for name in names:
+        rs = sorted((r for r in runs if r["name"] == name), key=lambda r: size[r["network"]])
+        style = dict(marker="o", ms=3.5, color=colours[name], ls=linestyle(colours, name), label=name)
+        axes[0].plot([size[r["network"]] for r in rs], [r["flops"] for r in rs], **style)
+        rs = sorted(rs, key=lambda r: r["flops"])
+        axes[1].plot([r["flops"] for r in rs], [r["mean_s"] * 1e3 for r in rs], **style)
+    axes[0].set(xscale="log", yscale="log", xlabel=f"{names[0]}'s FLOPs per update (network size)",
+                ylabel="FLOPs per update", title="Counted work")
+    axes[1].set(xscale="log", yscale="log", xlabel="FLOPs per update", ylabel="ms per update (mean)",
+                title="Time against counted work")
+    floor = [r for r in scaling["runs"] if r["name"] == MATMUL]
+    if floor:
+        gflops = statistics.median(r["gflops"] for r in floor)
+        lo, hi = min(r["flops"] for r in runs), max(r["flops"] for r in runs)
+        axes[1].plot([lo, hi], [lo / gflops / 1e6, hi / gflops / 1e6], color="black", ls=":", lw=1,
+                     label=f"matmul floor ({gflops:.0f} GFLOP/s)")
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    cfg, m = scaling["config"], scaling["machine"]
+    fig.suptitle(f"Scaling over widths {scaling['widths']} × depths {scaling['depths']} — {cfg['dataset']}, "
+                 f"batch {cfg['batch_size']}, {m['device']} ({m['cpu']}), {m['threads']} thread(s)", fontsize=10)
+    fig.tight_layout()
+    for fmt in ("png", "svg", "pdf"):
+        fig.savefig(str(path).rsplit(".", 1)[0] + "." + fmt, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+
+
+def scaling_table(scaling: dict) -> str:
+    """Markdown: per network, each algorithm's FLOPs and mean time per update, and its ratios to the baseline."""
+    base = scaling["config"]["baseline"]
+    lines = [f"| network | algorithm | MFLOPs/update | ms/update | × {base} FLOPs | × {base} time |",
+             "|---|---|---|---|---|---|"]
+    for r in scaling["runs"]:
+        if r["name"] != MATMUL:
+            lines.append(f"| {r['network']} | {r['name']} | {r['flops'] / 1e6:.1f} | {r['mean_s'] * 1e3:.2f} | "
+                         f"{r['flops_ratio']:.2f} | {r['time_ratio']:.2f} |")
+    return "\n".join(lines) + "\n"

@@ -183,6 +183,22 @@ def cmd_bench(args) -> int:
     cfg = BenchConfig(algos=algos, network=args.network, dataset=args.dataset, batch_size=args.batch_size,
                       updates=args.updates, rounds=args.rounds, device=args.device,
                       threads=args.threads or os.cpu_count() or 1, sets=sets)
+    if args.scaling:
+        from harness.bench import run_scaling, scaling_figure, scaling_table
+
+        def ints(text: str, flag: str) -> list[int]:
+            try:
+                values = [int(v) for v in text.split(",") if v.strip()]
+            except ValueError:
+                values = []
+            if not values or min(values) < 1:
+                raise ConfigError(f"{flag} must be a comma list of positive integers, got '{text}'")
+            return values
+
+        scaling = run_scaling(cfg, ints(args.widths, "--widths"), ints(args.depths, "--depths"), log=sys.stderr)
+        scaling_figure(scaling, args.scaling)
+        print(to_json(scaling) if args.json else scaling_table(scaling), end="" if not args.json else "\n")
+        return 0
     result = run_bench(cfg, log=sys.stderr)
     print(to_json(result) if args.json else table_text(result, markdown=args.markdown), end="" if not args.json else "\n")
     return 0
@@ -264,6 +280,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="training or algorithm hyperparameter, applied to each algorithm that has it")
     b.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     b.add_argument("--markdown", action="store_true", help="the table as markdown (the README's performance section)")
+    b.add_argument("--scaling", metavar="FIGURE", default=None,
+                   help="instead: the bench over --widths × --depths of MLPs with --network's activation; writes a "
+                        "log–log figure FIGURE (.png, with .svg and .pdf) and prints a markdown table")
+    b.add_argument("--widths", default="256,1024", help="MLP widths for --scaling (default: 256,1024)")
+    b.add_argument("--depths", default="2,4,8", help="MLP depths for --scaling (default: 2,4,8)")
     b.set_defaults(func=cmd_bench)
 
     n = sub.add_parser("new-algorithm", help="write a skeleton algorithm plugin and its oracle test",

@@ -71,3 +71,21 @@ def test_cli_json_and_bad_input(capsys):
     assert "bogus" in err and "feedback_scale" in err and err.count("\n") == 1
     with pytest.raises(CreditbenchError, match="--updates must be ≥ 1"):
         run_bench(BenchConfig(algos=["bp"], **{**CFG, "updates": 0}))
+
+
+def test_scaling_runs_every_width_and_depth_and_draws_the_figure(tmp_path):
+    from harness.bench import MATMUL, run_scaling, scaling_figure, scaling_table
+
+    cfg = BenchConfig(algos=["fa"], **{**CFG, "rounds": 1, "updates": 3})
+    s = run_scaling(cfg, widths=[8, 16], depths=[1, 2])
+    nets = [r["network"] for r in s["runs"] if r["name"] == "bp"]
+    assert nets == ["mlp-1x8-tanh", "mlp-2x8-tanh", "mlp-1x16-tanh", "mlp-2x16-tanh"]
+    bp = {r["network"]: r["flops"] for r in s["runs"] if r["name"] == "bp"}
+    # one more 8 → 8 layer at batch 16: three 16×8×8 products (forward, input and weight gradients) and a few
+    # elementwise passes over its 16×8 outputs (bias, tanh, tanh's derivative)
+    extra = bp["mlp-2x8-tanh"] - bp["mlp-1x8-tanh"]
+    assert 3 * 2 * 16 * 8 * 8 < extra <= 3 * 2 * 16 * 8 * 8 + 4 * 16 * 8
+    assert len([r for r in s["runs"] if r["name"] == MATMUL]) == 4
+    scaling_figure(s, tmp_path / "scaling.png")
+    assert all((tmp_path / f"scaling.{f}").stat().st_size > 0 for f in ("png", "svg", "pdf"))
+    assert scaling_table(s).count("\n") == 2 + 8
