@@ -17,7 +17,7 @@ RUN     ?=
 OUT     ?=
 TARGET  ?=
 
-.PHONY: install constraints test sweep report clean mutants mutants-report docs
+.PHONY: install constraints test sweep report clean mutants mutants-report docs bench
 
 # installs the exact versions pinned in constraints.txt (torch==2.14.1, torchvision==0.29.1, ...);
 # --no-build-isolation: the editable build uses the venv's own setuptools (first upgraded to the pinned
@@ -57,6 +57,11 @@ sweep: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache mutants
+
+# make bench [ALGO=bp,fa,...] [ARGS="--updates 400 --rounds 5"]: every algorithm's time and FLOPs per update
+# (Fashion-MNIST, mlp-5x256-tanh, batch 128) written into README.md's performance section
+bench: install
+	$(BIN)/python -m harness.cli bench --algo '$(or $(ALGO),all)' $(ARGS) --readme README.md
 
 # docs/algorithms.md from the registry (tests/test_algorithms_contract.py fails when it is out of date)
 docs: install

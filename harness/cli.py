@@ -199,7 +199,16 @@ def cmd_bench(args) -> int:
         scaling_figure(scaling, args.scaling)
         print(to_json(scaling) if args.json else scaling_table(scaling), end="" if not args.json else "\n")
         return 0
+    if args.readme:
+        from harness.bench import with_readme_block
+
+        readme = Path(args.readme)
+        with_readme_block(readme.read_text(), "")  # the markers are checked before the run
     result = run_bench(cfg, log=sys.stderr)
+    if args.readme:
+        from harness.store import write_text
+
+        write_text(readme, with_readme_block(readme.read_text(), table_text(result, markdown=True)))
     print(to_json(result) if args.json else table_text(result, markdown=args.markdown), end="" if not args.json else "\n")
     return 0
 
@@ -280,6 +289,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="training or algorithm hyperparameter, applied to each algorithm that has it")
     b.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     b.add_argument("--markdown", action="store_true", help="the table as markdown (the README's performance section)")
+    b.add_argument("--readme", metavar="FILE", default=None,
+                   help="also write the markdown table into FILE between its bench markers (README.md: `make bench`)")
     b.add_argument("--scaling", metavar="FIGURE", default=None,
                    help="instead: the bench over --widths × --depths of MLPs with --network's activation; writes a "
                         "log–log figure FIGURE (.png, with .svg and .pdf) and prints a markdown table")

@@ -89,3 +89,33 @@ def test_scaling_runs_every_width_and_depth_and_draws_the_figure(tmp_path):
     scaling_figure(s, tmp_path / "scaling.png")
     assert all((tmp_path / f"scaling.{f}").stat().st_size > 0 for f in ("png", "svg", "pdf"))
     assert scaling_table(s).count("\n") == 2 + 8
+
+
+def test_readme_block_is_replaced_between_its_markers_only(tmp_path, capsys):
+    from harness.bench import README_BEGIN, README_END, with_readme_block
+
+    text = f"# t\nbefore\n{README_BEGIN}\nold table\n{README_END}\nafter\n"
+    assert with_readme_block(text, "| new |\n") == f"# t\nbefore\n{README_BEGIN}\n| new |\n{README_END}\nafter\n"
+    for bad in ("no markers", f"{README_END}\n{README_BEGIN}", text + README_BEGIN):
+        with pytest.raises(CreditbenchError, match="markers"):
+            with_readme_block(bad, "x")
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers here\n")
+    assert main(["bench", "--dataset", "digits", "--network", "mlp-1x8-tanh", "--updates", "2", "--rounds", "1",
+                 "--batch-size", "8", "--threads", "1", "--readme", str(readme)]) == 2
+    assert readme.read_text() == "no markers here\n" and "markers" in capsys.readouterr().err
+    readme.write_text(text)
+    assert main(["bench", "--dataset", "digits", "--network", "mlp-1x8-tanh", "--updates", "2", "--rounds", "1",
+                 "--batch-size", "8", "--threads", "1", "--readme", str(readme)]) == 0
+    new = readme.read_text()
+    assert new.startswith(f"# t\nbefore\n{README_BEGIN}\ndigits, mlp-1x8-tanh, batch 8, cpu") and new.endswith(
+        f"{README_END}\nafter\n") and "| bp |" in new
+
+
+def test_the_readme_has_the_bench_block():
+    from pathlib import Path
+
+    from harness.bench import README_BEGIN, README_END
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert text.count(README_BEGIN) == 1 and text.count(README_END) == 1
