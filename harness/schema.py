@@ -14,7 +14,7 @@ Who writes what:
   ``env.json``, ``algorithms.json`` (what each algorithm declares for the report) and ``raw/``;
 * the **report** (:mod:`harness.report`) only reads them.
 
-``trials.csv`` columns: :data:`TRIAL_KEYS`, :data:`SUMMARY_METRICS` (``n_test``: the test-set size),
+``trials.csv`` columns: :data:`TRIAL_KEYS`, :data:`SUMMARY_METRICS` (``n_test``: the test-set size), ``threads``,
 ``flops_per_update`` and ``flops_per_update_<cost phase>``, ``plausibility.<field>``, every hyperparameter that acts in the
 trial's configuration as ``hp.<name>`` (a knob that does not act is absent), the algorithm's final
 diagnostics under their own names, the final per-layer ``angle_l<i>``, and ``error``.
@@ -72,7 +72,7 @@ HP_PREFIX = "hp."
 PLAUSIBILITY_PREFIX = "plausibility."
 # trials.csv columns that hold numbers (an empty cell is a missing value); and column prefixes that do
 TRIAL_NUMERIC = ("seed", "epochs", "best_epoch", "best_val_acc", "test_acc", "final_test_acc", "updates",
-                 "peak_memory_bytes", "wall_time_s", "pretrain_flops", "n_test")
+                 "peak_memory_bytes", "wall_time_s", "pretrain_flops", "n_test", "threads")
 EPOCH_NUMERIC = tuple(c for c in EPOCH_METRICS if not c.startswith("flops_"))
 NUMERIC_PREFIXES = ("flops_", "seconds_per_update", ANGLE_PREFIX)
 REQUIRED_TRIAL_COLUMNS = ("trial_id", "phase", "algo", "dataset", "network", "seed", "status")
@@ -118,6 +118,7 @@ def trial_row(summary: dict, *, trial_id: str, phase: str, config_id: str) -> di
     row.update({k: summary.get(k) for k in TRIAL_KEYS if k not in row})
     row.update({k: summary.get(k) for k in SUMMARY_METRICS})
     row["n_test"] = (summary.get("dataset_info") or {}).get("test")  # test-set size: the report's resolution
+    row["threads"] = (summary.get("config") or {}).get("threads")  # CPU threads the trial trained with
     flops = summary.get("flops_per_update") or {}
     row["flops_per_update"] = flops.get("total")
     for p in COST_PHASES:

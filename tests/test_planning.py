@@ -185,3 +185,10 @@ def test_trials_one_at_a_time_get_every_cpu_and_two_at_once_half(monkeypatch):
     assert threads(num_cpus=8, max_concurrent=3) == (2.0, 2)
     assert threads(num_cpus=2) == (1.0, 1)  # no limit on trials at once: the spec's one CPU each
     assert threads(num_cpus=2, max_concurrent=1, address="127.0.0.1:6379") == (1.0, 1)  # a cluster: as the spec says
+
+
+def test_trials_csv_records_each_trials_threads():
+    from harness.schema import trial_row
+
+    row = trial_row({"config": {"threads": 2, "train": {}, "params": {}}}, trial_id="t", phase="search", config_id="c")
+    assert row["threads"] == 2
