@@ -277,23 +277,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                    "see docs/performance.md.")
     b.add_argument("--algo", default="bp", help=f"algorithm ids, comma-separated, or 'all' (bp, the baseline, is "
                                                f"always run; default: bp)")
-    b.add_argument("--network", default="mlp-5x256-tanh", help="preset or mlp-<depth>x<width>-<activation>")
-    b.add_argument("--dataset", default="fashion-mnist", type=registered_dataset, choices=dataset_names())
-    b.add_argument("--batch-size", type=int, default=128)
+    b.add_argument("--network", default="mlp-5x256-tanh",
+                   help="preset or mlp-<depth>x<width>-<activation> (default: mlp-5x256-tanh)")
+    b.add_argument("--dataset", default="fashion-mnist", type=registered_dataset, choices=dataset_names(),
+                   help="dataset (default: fashion-mnist)")
+    b.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
     b.add_argument("--updates", type=int, default=200, help="timed updates per algorithm and round (raised to whole "
-                                                            "schedule periods)")
-    b.add_argument("--rounds", type=int, default=3)
-    b.add_argument("--device", default="cpu", choices=DeviceChoices(), help="auto: CUDA when present")
+                                                            "schedule periods; default: 200)")
+    b.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
+    b.add_argument("--device", default="cpu", choices=DeviceChoices(), help="auto: CUDA when present (default: cpu)")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: every core)")
     b.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="training or algorithm hyperparameter, applied to each algorithm that has it")
+                   help="training or algorithm hyperparameter, applied to each algorithm that has it (default: none)")
     b.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     b.add_argument("--markdown", action="store_true", help="the table as markdown (the README's performance section)")
     b.add_argument("--readme", metavar="FILE", default=None,
-                   help="also write the markdown table into FILE between its bench markers (README.md: `make bench`)")
+                   help="also write the markdown table into FILE between its bench markers (README.md: `make bench`; "
+                        "default: none)")
     b.add_argument("--scaling", metavar="FIGURE", default=None,
                    help="instead: the bench over --widths × --depths of MLPs with --network's activation; writes a "
-                        "log–log figure FIGURE (.png, with .svg and .pdf) and prints a markdown table")
+                        "log–log figure FIGURE (.png, with .svg and .pdf) and prints a markdown table (default: none)")
     b.add_argument("--widths", default="256,1024", help="MLP widths for --scaling (default: 256,1024)")
     b.add_argument("--depths", default="2,4,8", help="MLP depths for --scaling (default: 2,4,8)")
     b.set_defaults(func=cmd_bench)

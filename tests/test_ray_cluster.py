@@ -155,7 +155,7 @@ def test_sweep_on_a_running_cluster_matches_a_private_local_ray(ray_head, tmp_pa
         "name": "tiny", "dataset": "mnist", "network": "mlp-1x16-tanh", "val_size": 40, "algorithms": ["bp", "fa"],
         "optimizer": {"optimizer": "adam", "batch_size": 32}, "seeds": 1, "probe_size": 32,
         "budgets": {"search_trials": 2, "search_epochs": 2, "final_epochs": 2},
-        "stopping": {"patience": 5}, "resources": {"max_failures": 0, "max_concurrent": 1},
+        "stopping": {"patience": 5}, "resources": {"max_failures": 0, "max_concurrent": 1, "cpus_per_trial": 1},
     }))
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled", "CREDITBENCH_DATA_DIR": str(data)}
     env.pop("RAY_ADDRESS", None)
