@@ -510,6 +510,15 @@ def execute(out_dir: Path, spec: SweepSpec, plan: dict, *, callbacks=(), argv=No
         return code
 
 
+def every_trial_failed(rows: list[dict]) -> str | None:
+    """One line when a run had trials and none of them finished (status ``failed``): a sweep that measured
+    nothing must not exit as a success (its tables are written all the same)."""
+    if not rows or any(r.get("status") != "failed" for r in rows):
+        return None
+    first = next((str(r["error"]).splitlines()[0] for r in rows if r.get("error")), "no error recorded")
+    return f"every trial failed ({len(rows)}; the first: {first}); see trials.csv"
+
+
 class _Run:
     """One execution of a plan: the rows collected so far, and where it stands (for an interruption)."""
 
@@ -532,6 +541,10 @@ class _Run:
                 if not self.one_stage(stage):
                     self.interrupted_line()
                     return 130
+            problem = every_trial_failed(self.rows)
+            if problem:
+                print(f"error: {problem}", file=self.log, flush=True)
+                return 1
             return 0
         except KeyboardInterrupt:  # Ctrl+C outside Tune (starting Ray, collecting, writing): keep what finished
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the tables are written before stopping

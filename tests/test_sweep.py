@@ -289,3 +289,13 @@ def test_convergence_stopper_stops_when_the_trainer_does(digits):
               log=open("/dev/null", "w"))
         assert decisions == [False] * (t.epoch - 1) + [True], (train, t.stop_reason)
     assert not stop("u", {"epoch": 1, "val_acc": 0.1})  # a result without the trainer's status
+
+
+def test_a_sweep_whose_every_trial_failed_is_an_error():
+    from harness.sweep import every_trial_failed
+
+    failed = {"status": "failed", "error": "DataError: no such file: train-images-idx3-ubyte\nTraceback ..."}
+    assert every_trial_failed([failed, {"status": "failed"}]) == (
+        "every trial failed (2; the first: DataError: no such file: train-images-idx3-ubyte); see trials.csv")
+    assert every_trial_failed([failed, {"status": "diverged"}]) is None  # a diverged trial measured something
+    assert every_trial_failed([failed, {"status": "ok"}]) is None and every_trial_failed([]) is None
