@@ -53,12 +53,14 @@ def grads(algo):
 
 
 # ------------------------------------------------------------------ an MLP written out (tanh hidden layers)
-def forward(W, b, x):
-    """h[0] = x (flattened), a[l] = h[l] W_lᵀ + b_l (0-based l), h[l+1] = tanh(a[l]); logits a[L−1]."""
+def forward(W, b, x, leaky=False):
+    """h[0] = x (flattened), a[l] = h[l] W_lᵀ + b_l (0-based l), h[l+1] = tanh(a[l]) (or leaky ReLU, slope 0.01);
+    logits a[L−1]."""
     h, a = [x.flatten(1)], []
     for l in range(len(W)):
         a.append(h[-1] @ W[l].T + b[l])
-        h.append(a[-1] if l == len(W) - 1 else torch.tanh(a[-1]))
+        f = torch.where(a[-1] > 0, a[-1], 0.01 * a[-1]) if leaky else torch.tanh(a[-1])
+        h.append(a[-1] if l == len(W) - 1 else f)
     return h, a
 
 
@@ -97,11 +99,13 @@ def pc_oracle(W, b, x, y, T, gamma, beta, energy="ce", B=None):
     return [-(d[l].T @ v[l]) / (beta * n) for l in range(L)], [-d[l].sum(0) / (beta * n) for l in range(L)], v
 
 
-def pc_energy(W, b, v, y, beta):
-    """E = Σ_l ½‖v_{l+1} − tanh(W_l v_l + b_l)‖² + β Σ_n CE, from the value nodes alone."""
+def pc_energy(W, b, v, y, beta, energy="ce"):
+    """E = Σ_l ½‖v_{l+1} − tanh(W_l v_l + b_l)‖² + β Σ_n ℓ (CE, or ½‖a − onehot‖²), from the value nodes alone."""
     L = len(W)
     a = [v[l] @ W[l].T + b[l] for l in range(L)]
     E = sum(0.5 * (v[l + 1] - torch.tanh(a[l])).square().sum() for l in range(L - 1))
+    if energy == "mse":
+        return E + beta * 0.5 * (a[L - 1] - onehot(y)).square().sum()
     logp = a[L - 1] - a[L - 1].exp().sum(1, keepdim=True).log()
     return E - beta * logp[torch.arange(len(y)), y].sum()
 
@@ -177,6 +181,24 @@ def test_pc_inference_descends_the_energy_monotonically():
     assert energies[-1] == pytest.approx(algo.energy(algo.relax(fw, y, 39), y).item(), rel=1e-12)
 
 
+@pytest.mark.parametrize("params,beta", [({"output_energy": "mse", "target": "nudge", "nudge": 0.3}, 0.3),
+                                         ({"inference_steps": 6}, 1.0)])
+def test_pc_energy_and_its_ratio_after_inference(params, beta):
+    """``energy`` is E of the value nodes (either output energy, β-weighted); the diagnostic ``energy_ratio`` is
+    E after the T inference steps over E at the forward pass."""
+    algo = make("pc", params)
+    x, y = data()
+    W, b = params_of(algo)
+    fw = algo.net.forward_all(x)
+    flat = lambda v: [v[0].flatten(1)] + v[1:]
+    energy = params.get("output_energy", "ce")
+    T = algo.hp.inference_steps
+    e0, eT = (pc_energy(W, b, flat(algo.relax(fw, y, t).v), y, beta, energy) for t in (0, T))
+    assert algo.energy(algo.relax(fw, y, T), y).item() == pytest.approx(eT.item(), rel=1e-12)
+    assert algo.diagnostics(x, y)["energy_ratio"] == pytest.approx((eT / e0).item(), rel=1e-12)
+    assert (eT / e0).item() < 0.95
+
+
 # ------------------------------------------------------------------ pc-fa, pc-kp
 def test_pc_fa_equals_the_loop_with_its_feedback_and_pc_when_the_feedback_is_w():
     fa, pc = make("pc-fa", {"inference_steps": 3}), make("pc", {"inference_steps": 3})
@@ -193,6 +215,19 @@ def test_pc_fa_equals_the_loop_with_its_feedback_and_pc_when_the_feedback_is_w()
         pc.compute_update(x, y)
         for (p, q) in zip(grads(other), grads(pc)):
             assert all(torch.equal(u, v) for u, v in zip(p, q))  # bit for bit
+
+
+@pytest.mark.parametrize("name", ["pc-fa", "pc-kp"])
+def test_feedback_angles_to_w_per_layer(name):
+    """The diagnostic ``angle_b_w_l<l>``: the angle of layer l's feedback B_l to W_l, for l = 2 .. L."""
+    algo = make(name)
+    out = algo.diagnostics(*data())
+    keys = sorted(k for k in out if k.startswith("angle_b_w_l"))
+    assert keys == ["angle_b_w_l2", "angle_b_w_l3", "angle_b_w_l4"]
+    for j in (1, 2, 3):
+        B, W = algo.B[j - 1], algo.net.layers[j].weight.detach()
+        cos = (B * W).sum() / (B.norm() * W.norm())
+        assert out[f"angle_b_w_l{j + 1}"] == pytest.approx(math.degrees(math.acos(cos.item())), rel=1e-9)
 
 
 def test_pc_kp_feedback_gets_w_s_update_and_converges_to_w_under_decay():
@@ -261,12 +296,14 @@ def test_dinv_loop_without_leak_settles_to_the_moore_penrose_solution_on_a_wide_
     assert algo.diagnostics(*data())["angle_q_pinv_l4"] < 1e-5
 
 
-def test_dinv_update_equals_the_settling_loop_written_out():
+@pytest.mark.parametrize("spec", [SPEC, "mlp-3x12-leaky-relu"])
+def test_dinv_update_equals_the_settling_loop_written_out(spec):
     K, eta, lam = 3, 0.25, 0.4
-    algo = make("dinv", {"settle_steps": K, "settle_rate": eta, "damping": lam})
+    algo = make("dinv", {"settle_steps": K, "settle_rate": eta, "damping": lam}, spec=spec)
     x, y = data()
     W, b = params_of(algo)
-    h, a = forward(W, b, x)
+    leaky = spec != SPEC
+    h, a = forward(W, b, x, leaky)
     L = len(W)
     g = (softmax(a[L - 1]) - onehot(y)) / N
     want_w, want_b = [None] * L, [None] * L
@@ -276,7 +313,7 @@ def test_dinv_update_equals_the_settling_loop_written_out():
             u = torch.zeros(N, W[l].shape[1], dtype=DT)
             for _ in range(K):
                 u = u + eta * ((g - u @ W[l].T) @ W[l] - lam * u)
-            g = u * (1 - h[l] ** 2)
+            g = u * (torch.where(a[l - 1] > 0, torch.ones_like(u), torch.full_like(u, 0.01)) if leaky else 1 - h[l] ** 2)
     algo.compute_update(x, y)
     for l in range(L):
         close(grads(algo)[0][l], want_w[l], f"W_{l + 1}")
