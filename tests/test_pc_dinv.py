@@ -278,7 +278,7 @@ def damped_lstsq(W, g, lam):
 def test_dinv_loop_settles_to_the_damped_least_squares_solution(spec, j):
     """2000 steps at η = 0.3, λ = 0.5: the error contracts by at least 1 − ηλ = 0.85 per step, so the settled
     state equals the damped least-squares solution to rounding (measured ≤ 1e-14 relative; asserted 1e-10)."""
-    algo = make("dinv", {"settle_steps": 2000, "settle_rate": 0.3, "damping": 0.5}, spec=spec)
+    algo = make("dinv", {"settle_rate_mode": "fixed", "settle_steps": 2000, "settle_rate": 0.3, "damping": 0.5}, spec=spec)
     W = algo.net.layers[j].weight.detach()
     g = torch.randn(N, W.shape[0], generator=torch.Generator().manual_seed(3), dtype=DT)
     close(algo.settle(j, g), damped_lstsq(W, g, 0.5), "settled u")
@@ -289,7 +289,7 @@ def test_dinv_loop_without_leak_settles_to_the_moore_penrose_solution_on_a_wide_
     """λ = 0 on the 10×12 top layer: u stays in W's row space from u = 0, so it settles to W⁺ g (the
     minimum-norm solution); the diagnostics' angle to W⁺ is then 0. σ(W) = 1.80 … 0.090: at η = 0.5 the slowest
     direction contracts by 1 − ησ_min² = 0.996 a step, e^{−80} in 20000 steps."""
-    algo = make("dinv", {"settle_steps": 20000, "settle_rate": 0.5, "damping": 0.0})
+    algo = make("dinv", {"settle_rate_mode": "fixed", "settle_steps": 20000, "settle_rate": 0.5, "damping": 0.0})
     W = algo.net.layers[3].weight.detach()
     g = torch.randn(N, CLASSES, generator=torch.Generator().manual_seed(4), dtype=DT)
     close(algo.settle(3, g), g @ torch.linalg.pinv(W).T, "settled u")
@@ -299,7 +299,7 @@ def test_dinv_loop_without_leak_settles_to_the_moore_penrose_solution_on_a_wide_
 @pytest.mark.parametrize("spec", [SPEC, "mlp-3x12-leaky-relu"])
 def test_dinv_update_equals_the_settling_loop_written_out(spec):
     K, eta, lam = 3, 0.25, 0.4
-    algo = make("dinv", {"settle_steps": K, "settle_rate": eta, "damping": lam}, spec=spec)
+    algo = make("dinv", {"settle_rate_mode": "fixed", "settle_steps": K, "settle_rate": eta, "damping": lam}, spec=spec)
     x, y = data()
     W, b = params_of(algo)
     leaky = spec != SPEC
@@ -324,7 +324,7 @@ def test_dinv_diagnostics_are_rfl_s_of_the_settled_map():
     """The settled map Q_K (the loop on the identity) after K steps, written out as the matrix polynomial
     Q_Kᵀ = η Σ_{i<K} W (I − η(WᵀW + λI))^i, gives the residual ‖Q_K(WWᵀ + λI) − Wᵀ‖/‖Wᵀ‖."""
     K, eta, lam = 4, 0.3, 0.5
-    algo = make("dinv", {"settle_steps": K, "settle_rate": eta, "damping": lam})
+    algo = make("dinv", {"settle_rate_mode": "fixed", "settle_steps": K, "settle_rate": eta, "damping": lam})
     out = algo.diagnostics(*data())
     for j in range(1, 4):
         W = algo.net.layers[j].weight.detach()
@@ -369,7 +369,52 @@ def test_dinv_flops_equal_the_analytic_count_by_phase(K):
     layers = list(zip(dims[:-1], dims[1:]))
     forward = sum(mm(a, b) for a, b in layers)
     credit = K * sum(2 * mm(a, b) for a, b in layers[1:]) + sum(mm(a, b) for a, b in layers)
-    assert matmul_flops("dinv", {"settle_steps": K}) == {"forward": forward, "credit": credit, "feedback": 0}
+    assert matmul_flops("dinv", {"settle_steps": K, "settle_rate_mode": "fixed"}) == {
+        "forward": forward, "credit": credit, "feedback": 0}
+    # normalized: one power-iteration step per layer above the first (W v, then Wᵀ(W v)), after the priming
+    meter = CostMeter(elementwise=False)
+    algo = make("dinv", {"settle_steps": K}, meter=meter)
+    algo.pretrain(None, N)
+    assert algo.update_kind() == "update"
+    with meter.update():
+        algo.step(*data())
+    power = sum(2 * 2 * a * b for a, b in layers[1:])
+    assert meter.flops_by_phase == {"forward": forward, "credit": credit + power, "feedback": 0}
+    fresh = CostMeter(elementwise=False)  # stepped without pretrain: the first update primes, as kind "prime"
+    algo = make("dinv", {"settle_steps": K}, meter=fresh)
+    assert algo.update_kind() == "prime"
+    with fresh.update(algo.update_kind()):
+        algo.step(*data())
+    from algorithms.dinv import POWER_PRIME
+
+    assert fresh.kind_flops["prime"]["credit"] == credit + (POWER_PRIME + 1) * power
+
+
+def test_dinv_normalized_step_follows_the_layers_gain():
+    """η_j = settle_rate/(σ̂_j² + λ), σ̂_j² from the power iteration (within 1% of σ_max(W_j)² after the priming and
+    one update's step); the update is the settling loop written out with that η."""
+    K, rate, lam = 4, 1.2, 0.3
+    algo = make("dinv", {"settle_steps": K, "settle_rate": rate, "damping": lam})
+    x, y = data()
+    W, b = params_of(algo)
+    h, a = forward(W, b, x)
+    L = len(W)
+    algo.pretrain(None, N)
+    algo.step(x, y)
+    g = (softmax(a[L - 1]) - onehot(y)) / N
+    want = [None] * L
+    for l in range(L - 1, -1, -1):
+        want[l] = g.T @ h[l]
+        if l > 0:
+            s2 = algo.sigma2[l].item()
+            assert s2 == pytest.approx(torch.linalg.matrix_norm(W[l], 2).item() ** 2, rel=1e-2)
+            eta = rate / (s2 + lam)
+            u = torch.zeros(N, W[l].shape[1], dtype=DT)
+            for _ in range(K):
+                u = u + eta * ((g - u @ W[l].T) @ W[l] - lam * u)
+            g = u * (1 - h[l] ** 2)
+    for l in range(L):
+        close(grads(algo)[0][l], want[l], f"W_{l + 1}")
 
 
 # ------------------------------------------------------------------ declarations
