@@ -75,21 +75,24 @@ def softmax(a):
     return z / z.sum(1, keepdim=True)
 
 
-def pc_oracle(W, b, x, y, T, gamma, beta, energy="ce", B=None):
+def pc_oracle(W, b, x, y, T, gamma, beta, energy="ce", B=None, leaky=False):
     """Predictive coding written out: value nodes v_1..v_{L−1} from the forward pass, T steps of
     v_l += γ(−(v_l − tanh(W_{l−1} v_{l−1} + b)) + B_lᵀ((v_{l+1} − tanh(a_l)) ⊙ (1 − tanh(a_l)²))), the top
     error −β ∂ℓ/∂a (ℓ summed over the batch), then ∇W_l = −δ_l v_lᵀ/(βn). B defaults to W."""
     B = W if B is None else B
     L, n = len(W), len(y)
-    h, _ = forward(W, b, x)
+    h, _ = forward(W, b, x, leaky)
     v = [t.clone() for t in h[:L]]
+    f = (lambda t: torch.where(t > 0, t, 0.01 * t)) if leaky else torch.tanh
+    df = (lambda t: torch.where(t > 0, torch.ones_like(t), torch.full_like(t, 0.01))) if leaky else \
+        (lambda t: 1 - torch.tanh(t) ** 2)
 
     def errs(v):
         a = [v[l] @ W[l].T + b[l] for l in range(L)]
-        e = [v[l + 1] - torch.tanh(a[l]) for l in range(L - 1)]
+        e = [v[l + 1] - f(a[l]) for l in range(L - 1)]
         top = softmax(a[L - 1]) - onehot(y) if energy == "ce" else a[L - 1] - onehot(y)
         e.append(-beta * top)
-        d = [e[l] * (1 - torch.tanh(a[l]) ** 2) for l in range(L - 1)] + [e[L - 1]]
+        d = [e[l] * df(a[l]) for l in range(L - 1)] + [e[L - 1]]
         return e, d
 
     for _ in range(T):
@@ -111,18 +114,19 @@ def pc_energy(W, b, v, y, beta, energy="ce"):
 
 
 # ------------------------------------------------------------------ pc: the oracle, the limits
-@pytest.mark.parametrize("params", [
-    {"inference_steps": 3, "inference_rate": 0.2},
-    {"inference_steps": 4, "inference_rate": 0.15, "output_energy": "mse", "target": "nudge", "nudge": 0.3},
-    {"inference_steps": 3, "inference_rate": 0.3, "target": "nudge", "nudge": 0.05},
+@pytest.mark.parametrize("params,spec", [
+    ({"inference_steps": 3, "inference_rate": 0.2}, SPEC),
+    ({"inference_steps": 4, "inference_rate": 0.15, "output_energy": "mse", "target": "nudge", "nudge": 0.3}, SPEC),
+    ({"inference_steps": 3, "inference_rate": 0.3, "target": "nudge", "nudge": 0.05}, SPEC),
+    ({"inference_steps": 3, "inference_rate": 0.2}, "mlp-3x12-leaky-relu"),
 ])
-def test_pc_update_equals_the_inference_loop_written_out(params):
-    algo = make("pc", params)
+def test_pc_update_equals_the_inference_loop_written_out(params, spec):
+    algo = make("pc", params, spec=spec)
     x, y = data()
     W, b = params_of(algo)
     beta = params.get("nudge", 1.0)
     gw, gb, _ = pc_oracle(W, b, x, y, params["inference_steps"], params["inference_rate"], beta,
-                          params.get("output_energy", "ce"))
+                          params.get("output_energy", "ce"), leaky=spec != SPEC)
     algo.compute_update(x, y)
     mine_w, mine_b = grads(algo)
     for l in range(len(W)):
@@ -218,6 +222,16 @@ def test_pc_fa_equals_the_loop_with_its_feedback_and_pc_when_the_feedback_is_w()
 
 
 @pytest.mark.parametrize("name", ["pc-fa", "pc-kp"])
+def test_feedback_starts_as_scaled_glorot_uniform(name):
+    """B_l ~ U(±s·√(6/(fan_in + fan_out))), s = feedback_scale, drawn with W_l's shape from the algorithm's generator."""
+    for scale in (1.0, 2.5):
+        algo = make(name, {"feedback_scale": scale}, spec="mlp-3x200-tanh")
+        for B, layer in zip(algo.B, algo.net.layers[1:]):
+            bound = scale * math.sqrt(6.0 / (layer.fan_in + layer.fan_out))
+            assert B.shape == layer.weight.shape and B.abs().max() <= bound and B.abs().max() > 0.99 * bound
+
+
+@pytest.mark.parametrize("name", ["pc-fa", "pc-kp"])
 def test_feedback_angles_to_w_per_layer(name):
     """The diagnostic ``angle_b_w_l<l>``: the angle of layer l's feedback B_l to W_l, for l = 2 .. L."""
     algo = make(name)
@@ -254,14 +268,15 @@ def test_pc_kp_feedback_gets_w_s_update_and_converges_to_w_under_decay():
     assert min(start) > 80 and max(end) < 5, (start, end)
 
 
-def test_pc_kp_pseudo_gradient_adds_the_decay_of_w():
-    algo = make("pc-kp", {"decay": 0.03, "inference_steps": 3})
+@pytest.mark.parametrize("lam", [0.03, 1.0, 0.0])
+def test_pc_kp_pseudo_gradient_adds_the_decay_of_w(lam):
+    algo = make("pc-kp", {"decay": lam, "inference_steps": 3})
     x, y = data()
     W, b = params_of(algo)
     gw, gb, _ = pc_oracle(W, b, x, y, 3, 0.1, 1.0, B=[None] + [B.clone() for B in algo.B])
     algo.compute_update(x, y)
     for l in range(len(W)):
-        close(grads(algo)[0][l], gw[l] + 0.03 * W[l], f"W_{l + 1}")
+        close(grads(algo)[0][l], gw[l] + lam * W[l], f"W_{l + 1}")
         close(grads(algo)[1][l], gb[l], f"b_{l + 1}")
 
 
@@ -336,6 +351,8 @@ def test_dinv_diagnostics_are_rfl_s_of_the_settled_map():
         assert out[f"angle_q_wt_l{j + 1}"] == pytest.approx(angle_degrees(Qt, W), rel=1e-8)
         assert out[f"angle_q_pinv_l{j + 1}"] == pytest.approx(angle_degrees(Qt, torch.linalg.pinv(W).T), rel=1e-8)
     assert out["pinv_residual"] == max(out[f"pinv_residual_l{j}"] for j in (2, 3, 4)) > 0.05
+    assert sorted(out) == sorted(["pinv_residual"] + [f"{k}_l{j}" for j in (2, 3, 4)
+                                                      for k in ("pinv_residual", "angle_q_pinv", "angle_q_wt")])
 
 
 # ------------------------------------------------------------------ every FLOP counted
