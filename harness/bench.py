@@ -368,8 +368,12 @@ def scaling_figure(scaling: dict, path) -> None:
         lo, hi = min(r["flops"] for r in runs), max(r["flops"] for r in runs)
         axes[1].plot([lo, hi], [lo / gflops / 1e6, hi / gflops / 1e6], color="black", ls=":", lw=1,
                      label=f"matmul floor ({gflops:.0f} GFLOP/s)")
+    from matplotlib.ticker import NullFormatter
+
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
     axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     cfg, m = scaling["config"], scaling["machine"]
     fig.suptitle(f"Scaling over widths {scaling['widths']} × depths {scaling['depths']} — {cfg['dataset']}, "
