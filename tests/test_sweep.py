@@ -47,7 +47,8 @@ def expected_trial_columns(algos) -> set[str]:
     plaus = {f"plausibility.{k}" for k in ("weight_transport", "transport", "local", "phases", "feedback_learning",
                                              "notes")}
     diagnostics = {"angle_b_w_l2"} if "fa" in algos else set()  # fa's ∠(B_2, W_2)
-    return set(TRIAL_KEYS) | set(SUMMARY_METRICS) | flops | hps | plaus | {"angle_l1", "angle_l2", "error"} | diagnostics
+    return (set(TRIAL_KEYS) | set(SUMMARY_METRICS) | flops | hps | plaus | {"angle_l1", "angle_l2", "error", "threads"}
+            | diagnostics)
 
 
 def metric_frame(out: Path) -> pd.DataFrame:
