@@ -470,3 +470,22 @@ def test_pc_fa_and_kp_checkpoint_their_feedback():
     other = make("pc-kp", seed=3)
     other.load_extra_state(algo.extra_state())
     assert all(torch.equal(p, q) for p, q in zip(algo.B, other.B))
+
+
+def test_dinv_power_vectors_start_unit_length_from_the_algorithms_generator():
+    """v_j: a unit vector per layer above the first from the algorithm's generator (the global RNG does not
+    matter); before any update the loop's step reads the gain of v_j as it stands, without moving it."""
+    torch.manual_seed(1)
+    a = make("dinv")
+    torch.manual_seed(2)
+    b = make("dinv")
+    assert sorted(a.v) == [1, 2, 3] and not a.sigma2 and a.update_kind() == "prime"
+    for j in a.v:
+        assert a.v[j].norm().item() == pytest.approx(1.0, rel=1e-12) and torch.equal(a.v[j], b.v[j])
+        W = a.net.layers[j].weight.detach()
+        gain = (W.T @ (W @ a.v[j])).norm()
+        with torch.no_grad():
+            step = float(a.step_size(j))
+        assert step == pytest.approx((a.hp.settle_rate / (gain + a.hp.damping)).item(), rel=1e-12)
+        assert torch.equal(a.v[j], b.v[j])  # reading the step moved nothing
+    assert not torch.equal(make("dinv", seed=3).v[1], a.v[1])
