@@ -61,23 +61,10 @@ class LearnedFeedback(FeedbackAlignment):
         self.B[l - 1] = torch.add(self.B[l - 1] * (1 - rate * decay), G, alpha=coef)
 
 
-@register_algorithm
-class KolenPollack(LearnedFeedback):
-    name = "kp"
-    version = 1
-    description = "Kolen–Pollack: B_l gets W_l's update δ_l h_{l-1}ᵀ and both decay, so B_l → W_l"
-    reference = ("Kolen & Pollack 1994, Proc. IEEE ICNN; Akrout, Wilson, Humphreys, Lillicrap & Tweed 2019, "
-                 "NeurIPS (eqs. 16-17)")
-    plausibility_notes = ("B_l learns from the local δ_l h_{l-1}ᵀ that W_l learns from; both decay, "
-                          "so B_l − W_l → 0 without reading W")
-
-    class Params(FeedbackAlignment.Params):
-        feedback_lr: float = hp(0.1, "η_B: plain-SGD learning rate of B_l (B_l ← B_l − η_B(δ_l h_{l-1}ᵀ + λB_l)); "
-                                "with optimizer=sgd and lr = feedback_lr, W and B get identical updates",
-                                gt=0, le=100, search=loguniform(1e-3, 1.0))
-        decay: float = hp(1e-3, "λ: decay of both W_l (added to its pseudo-gradient) and B_l; W − B shrinks "
-                          "by (1 − ηλ) per update under sgd at lr = feedback_lr", ge=0, le=10,
-                          search=loguniform(1e-5, 1e-2))
+class KolenPollackRule:
+    """The Kolen–Pollack update, for any rule whose ``compute_update`` leaves G_l in W_l's ``.grad`` and whose
+    feedback B is a list ``B[l − 1]`` of W_l's shape (kp here, pc-kp on predictive coding; not registered):
+    W's decay in its pseudo-gradient, and B_l ← (1 − η_B λ) B_l − η_B G_l in ``step``."""
 
     def _decay_grads(self) -> None:
         """.grad of every W_l ← G_l + λ W_l (biases untouched); nothing to do at λ = 0."""
@@ -96,10 +83,29 @@ class KolenPollack(LearnedFeedback):
 
     @torch.no_grad()
     def step(self, x, y):
-        out = super().compute_update(x, y)  # fa's pass: .grad = G_l, computed with the current B_l
+        out = super().compute_update(x, y)  # the rule's own pass: .grad = G_l, computed with the current B_l
         eta, lam = self.hp.feedback_lr, self.hp.decay
         with self.phase("feedback"):
             for l in range(1, len(self.net.layers)):
-                self.decayed_step(l, self.net.layers[l].weight.grad, eta, lam, -eta)
+                LearnedFeedback.decayed_step(self, l, self.net.layers[l].weight.grad, eta, lam, -eta)
         self._decay_grads()
         return out
+
+
+@register_algorithm
+class KolenPollack(KolenPollackRule, LearnedFeedback):
+    name = "kp"
+    version = 1
+    description = "Kolen–Pollack: B_l gets W_l's update δ_l h_{l-1}ᵀ and both decay, so B_l → W_l"
+    reference = ("Kolen & Pollack 1994, Proc. IEEE ICNN; Akrout, Wilson, Humphreys, Lillicrap & Tweed 2019, "
+                 "NeurIPS (eqs. 16-17)")
+    plausibility_notes = ("B_l learns from the local δ_l h_{l-1}ᵀ that W_l learns from; both decay, "
+                          "so B_l − W_l → 0 without reading W")
+
+    class Params(FeedbackAlignment.Params):
+        feedback_lr: float = hp(0.1, "η_B: plain-SGD learning rate of B_l (B_l ← B_l − η_B(δ_l h_{l-1}ᵀ + λB_l)); "
+                                "with optimizer=sgd and lr = feedback_lr, W and B get identical updates",
+                                gt=0, le=100, search=loguniform(1e-3, 1.0))
+        decay: float = hp(1e-3, "λ: decay of both W_l (added to its pseudo-gradient) and B_l; W − B shrinks "
+                          "by (1 − ηλ) per update under sgd at lr = feedback_lr", ge=0, le=10,
+                          search=loguniform(1e-5, 1e-2))

@@ -12,21 +12,19 @@ W's decay enters its pseudo-gradient (``.grad = G_j + λ W_j``, every layer; bia
 by the shared optimizer; B_j is updated here by plain SGD in ``step()`` after the credit pass, with the
 G_j of that pass (computed with the B_j before its update). With ``optimizer=sgd`` and ``feedback_lr`` =
 ``lr``, W_j − B_j ← (1 − ηλ)(W_j − B_j) every update, so B_j → W_j (pc's feedback) at rate ηλ. B's update
-is ``feedback`` work (2 FLOPs per entry), W's decay ``credit``.
+is ``feedback`` work (2 FLOPs per entry), W's decay ``credit``: kp's ``KolenPollackRule`` on pc's pass.
 """
-
-import torch
 
 from harness.algorithm import Plausibility
 from harness.hparams import hp, loguniform
 from harness.registry import register_algorithm
 
-from algorithms.kp import LearnedFeedback
+from algorithms.kp import KolenPollackRule
 from algorithms.pc_fa import PredictiveCodingFA
 
 
 @register_algorithm
-class PredictiveCodingKP(PredictiveCodingFA):
+class PredictiveCodingKP(KolenPollackRule, PredictiveCodingFA):
     name = "pc-kp"
     version = 1
     description = ("predictive coding with feedback B_l learned by the Kolen–Pollack rule "
@@ -46,29 +44,3 @@ class PredictiveCodingKP(PredictiveCodingFA):
         return Plausibility(weight_transport=False, local=True, phases="single", feedback_learning=True,
                             notes="B_l learns from the local δ_l v_lᵀ that W_l learns from; both decay, "
                                   "so B_l − W_l → 0 without reading W")
-
-    def _decay_grads(self) -> None:
-        """.grad of every W_j ← G_j + λ W_j (biases untouched); nothing to do at λ = 0."""
-        lam = self.hp.decay
-        if lam == 0:
-            return
-        with self.phase("credit"):
-            for layer in self.net.layers:
-                layer.weight.grad = torch.add(layer.weight.grad, layer.weight.detach(), alpha=lam)
-
-    @torch.no_grad()
-    def compute_update(self, x, y):
-        out = super().compute_update(x, y)
-        self._decay_grads()
-        return out
-
-    @torch.no_grad()
-    def step(self, x, y):
-        out = super().compute_update(x, y)  # pc's pass: .grad = G_j, computed with the current B_j
-        eta, lam = self.hp.feedback_lr, self.hp.decay
-        with self.phase("feedback"):
-            for j in range(1, len(self.net.layers)):
-                # kp's B_j ← (1 − η_B λ) B_j − η_B G_j (out of place)
-                LearnedFeedback.decayed_step(self, j, self.net.layers[j].weight.grad, eta, lam, -eta)
-        self._decay_grads()
-        return out
