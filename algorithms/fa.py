@@ -24,21 +24,10 @@ from harness.metrics import angle_degrees
 from harness.registry import register_algorithm
 
 
-@register_algorithm
-class FeedbackAlignment(Algorithm):
-    name = "fa"
-    description = "feedback alignment: errors sent down through fixed random feedback matrices"
-    reference = "Lillicrap et al. 2016, Nat. Commun. 7:13276"
-    capabilities = Capabilities(layers=frozenset({"linear", "conv", "maxpool"}))
-    report_labels = {"angle_b_w_l*": {"label": "angle of layer l's feedback B_l to W_l (bp's)", "unit": "degrees"}}
-
-    class Params(HParams):
-        feedback_scale: float = hp(1.0, "scale of B relative to Glorot-uniform of W's shape", gt=0, le=100,
-                                   search=loguniform(0.1, 10))
-
-    def plausibility(self):
-        return Plausibility(weight_transport=False, local=True, phases="single", feedback_learning=False,
-                            notes="fixed random feedback B_l, drawn independently of W")
+class RandomFeedback:
+    """Fixed random feedback B_l (W_l's shape) for every layer l ≥ 2, drawn once from ``feedback_scale`` ·
+    Glorot-uniform with the algorithm's generator, checkpointed, and compared with W_l (not registered: the
+    state of fa here and of pc-fa on predictive coding)."""
 
     def setup(self):
         self.B = [self.glorot_like(layer, self.hp.feedback_scale) for layer in self.net.layers[1:]]
@@ -53,6 +42,34 @@ class FeedbackAlignment(Algorithm):
         """The matrix (W_l's shape) that carries δ_l down to layer l−1 in place of W_l: B_l here; the
         rules of the same family (sign symmetry, Kolen–Pollack, weight mirror) override only this."""
         return self.B[l - 1]
+
+    def feedback_angles(self) -> dict:
+        """``angle_b_w_l<l>`` = ∠(B_l, W_l) for l ≥ 2 (1-based)."""
+        layers = self.net.layers
+        return {f"angle_b_w_l{l + 1}": angle_degrees(self.feedback(l), layers[l].weight) for l in range(1, len(layers))}
+
+    def extra_state(self):
+        return {"B": [b.clone() for b in self.B]}
+
+    def load_extra_state(self, state):
+        self.B = [b.to(self.device) for b in state["B"]]
+
+
+@register_algorithm
+class FeedbackAlignment(RandomFeedback, Algorithm):
+    name = "fa"
+    description = "feedback alignment: errors sent down through fixed random feedback matrices"
+    reference = "Lillicrap et al. 2016, Nat. Commun. 7:13276"
+    capabilities = Capabilities(layers=frozenset({"linear", "conv", "maxpool"}))
+    report_labels = {"angle_b_w_l*": {"label": "angle of layer l's feedback B_l to W_l (bp's)", "unit": "degrees"}}
+
+    class Params(HParams):
+        feedback_scale: float = hp(1.0, "scale of B relative to Glorot-uniform of W's shape", gt=0, le=100,
+                                   search=loguniform(0.1, 10))
+
+    def plausibility(self):
+        return Plausibility(weight_transport=False, local=True, phases="single", feedback_learning=False,
+                            notes="fixed random feedback B_l, drawn independently of W")
 
     @torch.no_grad()
     def compute_update(self, x, y):
@@ -72,11 +89,4 @@ class FeedbackAlignment(Algorithm):
         return StepOutput(loss, fw.logits)
 
     def diagnostics(self, x, y):
-        layers = self.net.layers
-        return {f"angle_b_w_l{l + 1}": angle_degrees(self.feedback(l), layers[l].weight) for l in range(1, len(layers))}
-
-    def extra_state(self):
-        return {"B": [b.clone() for b in self.B]}
-
-    def load_extra_state(self, state):
-        self.B = [b.to(self.device) for b in state["B"]]
+        return self.feedback_angles()

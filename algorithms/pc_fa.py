@@ -13,19 +13,15 @@ of fa applied to the equilibrium errors as the nudge β → 0. Diagnostic ``angl
 as fa's. Cost phases as pc's.
 """
 
-import torch
-
 from harness.algorithm import Capabilities, Plausibility
-from harness.hparams import hp, loguniform
-from harness.metrics import angle_degrees
 from harness.registry import register_algorithm
 
-from algorithms.fa import FeedbackAlignment
+from algorithms.fa import FeedbackAlignment, RandomFeedback
 from algorithms.pc import PredictiveCoding
 
 
 @register_algorithm
-class PredictiveCodingFA(PredictiveCoding):
+class PredictiveCodingFA(RandomFeedback, PredictiveCoding):
     name = "pc-fa"
     version = 1
     description = "predictive coding with the errors sent down through fixed random feedback B_l instead of W_lᵀ"
@@ -34,30 +30,12 @@ class PredictiveCodingFA(PredictiveCoding):
     report_labels = {**PredictiveCoding.report_labels,
                      "angle_b_w_l*": {"label": "angle of layer l's feedback B_l to W_l (pc's)", "unit": "degrees"}}
 
-    class Params(PredictiveCoding.Params):
-        feedback_scale: float = hp(1.0, "scale of B relative to Glorot-uniform of W's shape", gt=0, le=100,
-                                   search=loguniform(0.1, 10))
+    class Params(FeedbackAlignment.Params, PredictiveCoding.Params):  # pc's knobs, then fa's feedback_scale
+        pass
 
     def plausibility(self):
         return Plausibility(weight_transport=False, local=True, phases="single", feedback_learning=False,
                             notes="errors sent down through fixed random B_l, drawn independently of W")
 
-    def setup(self):
-        # fa's draw (scale · Glorot-uniform of W_l's shape, from the trial's generator), for layers 1 .. L−1
-        self.B = [FeedbackAlignment.glorot_like(self, layer, self.hp.feedback_scale) for layer in self.net.layers[1:]]
-
-    def feedback(self, j):
-        return self.B[j - 1]
-
     def diagnostics(self, x, y):
-        out = super().diagnostics(x, y)
-        layers = self.net.layers
-        out.update({f"angle_b_w_l{j + 1}": angle_degrees(self.feedback(j), layers[j].weight)
-                    for j in range(1, len(layers))})
-        return out
-
-    def extra_state(self):
-        return {"B": [b.clone() for b in self.B]}
-
-    def load_extra_state(self, state):
-        self.B = [b.to(self.device) for b in state["B"]]
+        return {**super().diagnostics(x, y), **self.feedback_angles()}
