@@ -102,10 +102,14 @@ class DynamicInversion(Algorithm):
                 v = torch.randn(w.shape[1], generator=self.gen, device=w.device, dtype=w.dtype)
                 self.v[j] = v / v.norm()
 
-    def power_step(self, j: int) -> None:
-        """v_j ← W_jᵀW_j v_j / ‖·‖ and σ̂_j² = ‖W_jᵀW_j v_j‖ (v_j of unit length: a lower bound of σ_max²)."""
+    def gram_v(self, j: int) -> torch.Tensor:
+        """W_jᵀW_j v_j; its norm is σ̂_j² (v_j of unit length: a lower bound of σ_max(W_j)²)."""
         w = self.net.layers[j].weight
-        t = w.t() @ (w @ self.v[j])
+        return w.t() @ (w @ self.v[j])
+
+    def power_step(self, j: int) -> None:
+        """v_j ← W_jᵀW_j v_j / ‖·‖ and σ̂_j² = ‖W_jᵀW_j v_j‖."""
+        t = self.gram_v(j)
         self.sigma2[j] = t.norm()
         self.v[j] = t / self.sigma2[j]
 
@@ -126,10 +130,9 @@ class DynamicInversion(Algorithm):
         """η of layer j's loop: settle_rate, or settle_rate/(σ̂_j² + λ) (``normalized``; σ̂_j² as of this update)."""
         if self.hp.settle_rate_mode == "fixed":
             return self.hp.settle_rate
-        if j not in self.sigma2:  # before any update (a diagnostic): the estimate of v_j as it stands, read only
-            w = self.net.layers[j].weight
-            return self.hp.settle_rate / ((w.t() @ (w @ self.v[j])).norm() + self.hp.damping)
-        return self.hp.settle_rate / (self.sigma2[j] + self.hp.damping)
+        # before any update (a diagnostic): the estimate of v_j as it stands, read only
+        sigma2 = self.sigma2[j] if j in self.sigma2 else self.gram_v(j).norm()
+        return self.hp.settle_rate / (sigma2 + self.hp.damping)
 
     def extra_state(self):
         return {"v": {j: v.clone() for j, v in self.v.items()},
