@@ -90,7 +90,19 @@ def _pinv(a_shape, *args, out_shape=None, **kwargs) -> int:
     return math.prod(a_shape[:-2]) * (svd_flops(m, n) + n * k + 2 * m * n * k)
 
 
-ELEMENTWISE_MAPPING = {**{op: _elementwise for op in _ELEMENTWISE}, **{op: _reduction for op in _REDUCTIONS}}
+def _grouped(tensors, *args, out_shape=None, **kwargs) -> int:
+    """A grouped (``_foreach_*``) form of an elementwise op, as optimizers with ``foreach=True`` run it: one
+    FLOP per element of every tensor in its first list, as the per-tensor ops it stands for. (The counter sees
+    the grouped op only: on CPU its per-tensor loop runs below the dispatch mode.)"""
+    return _numel(tensors)
+
+
+# every elementwise op's grouped forms, out-of-place and in place (``_foreach_add``, ``_foreach_add_``, ...)
+_GROUPED = [getattr(aten, f"_foreach_{op.__name__.split('.')[-1].rstrip('_')}{suffix}")
+            for op in _ELEMENTWISE for suffix in ("", "_")
+            if hasattr(aten, f"_foreach_{op.__name__.split('.')[-1].rstrip('_')}{suffix}")]
+ELEMENTWISE_MAPPING = {**{op: _elementwise for op in _ELEMENTWISE}, **{op: _reduction for op in _REDUCTIONS},
+                       **{op: _grouped for op in _GROUPED}}
 def _mv(a_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
     """Matrix × vector (PyTorch's registry has no formula for it): 2·m·n."""
     return 2 * a_shape[0] * a_shape[1]

@@ -143,6 +143,27 @@ def test_in_place_elementwise_work_is_counted():
     assert meter.flops_by_phase["feedback"] == 3 * 200
 
 
+@pytest.mark.parametrize("make", [
+    lambda p, fe: torch.optim.Adam(p, lr=1e-3, weight_decay=0.1, foreach=fe),
+    lambda p, fe: torch.optim.SGD(p, lr=1e-2, momentum=0.9, weight_decay=0.1, foreach=fe),
+], ids=["adam", "sgd-momentum"])
+def test_grouped_optimizer_work_is_counted_as_the_per_tensor_loop(make):
+    """Optimizers with ``foreach=True`` (the trainer's, tp's and ddtp's feedback Adam) run grouped ``_foreach_*``
+    ops; they count exactly what the per-tensor loop counts, and that is not nothing."""
+    counts = {}
+    for foreach in (False, True):
+        params = [torch.randn(7, 5, requires_grad=True), torch.randn(3, requires_grad=True)]
+        opt = make(params, foreach)
+        for step in range(2):  # the second step: momentum buffers exist
+            for q in params:
+                q.grad = torch.ones_like(q)
+            meter = CostMeter()
+            with meter.update(), meter.phase("feedback"):
+                opt.step()
+        counts[foreach] = meter.flops_by_phase["feedback"]
+    assert counts[True] == counts[False] >= 3 * 38
+
+
 def test_peak_memory_is_the_trials_own():
     """A trial's peak is what it adds over the process at its start, not the process's lifetime peak."""
     first = CostMeter()
