@@ -34,6 +34,7 @@ import torch
 from harness.datasets import load_dataset
 from harness.errors import ConfigError
 from harness.hparams import TrainConfig, split_overrides
+from harness.listing import aligned_table
 from harness.network_presets import CNNSpec, resolve_spec
 from harness.registry import get_algorithm
 from harness.schema import COST_PHASES
@@ -54,6 +55,7 @@ class BenchConfig:
     device: str = "cpu"
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     baseline: str = "bp"
+    profile: bool = False  # also split each algorithm's time by kind of work (harness.bench_profile)
     sets: dict[str, str] = field(default_factory=dict)  # training and algorithm knobs, applied where they act
 
     def check(self) -> None:
@@ -89,20 +91,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_trainer(trainer: Trainer, updates: int) -> dict:
-    """Warm up, then time a window of whole periods: mean and median seconds per update, FLOPs by phase."""
+def warm_up(trainer: Trainer, updates: int) -> tuple[torch.Tensor, int]:
+    """The meter's warm-up and one FLOP-counted update of every kind, in whole periods; returns the example indices
+    of a window of at least ``updates`` updates in whole periods, and its length."""
     period = schedule_period(trainer)
     n = math.ceil(updates / period) * period
     warm = math.ceil((trainer.meter.warmup + 1) / period) * period + period  # every kind counted, then timed once
     n_train, bs = len(trainer.data.y_train), trainer.tc.batch_size
-    total = warm + n
-    perm = torch.randint(n_train, (total * bs,), generator=trainer.data_gen, device=trainer.device)
+    perm = torch.randint(n_train, ((warm + n) * bs,), generator=trainer.data_gen, device=trainer.device)
     trainer.train_batches(perm[:warm * bs], warm)
+    return perm[warm * bs:], n
+
+
+def time_trainer(trainer: Trainer, updates: int) -> dict:
+    """Warm up, then time a window of whole periods: mean and median seconds per update, FLOPs by phase."""
+    window_perm, n = warm_up(trainer, updates)
     trainer.meter.summary()  # resolves CUDA timings so far
     before = {k: len(v) for k, v in trainer.meter.step_ns.items()}
     _sync(trainer.device)
     t0 = time.perf_counter()
-    trainer.train_batches(perm[warm * bs:], n)
+    trainer.train_batches(window_perm, n)
     _sync(trainer.device)
     seconds = (time.perf_counter() - t0) / n
     trainer.meter.summary()
@@ -247,9 +255,29 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
             if log:
                 print(f"round {r} {BARE:>16}: {bare * 1e3:8.2f} ms/update; matmul floor "
                       f"{records[-1]['gflops']:.1f} GFLOP/s", file=log, flush=True)
+        profiles = {algo: profile_algorithm(algo, cfg, data, log) for algo in algos} if cfg.profile else {}
     finally:
         torch.set_num_threads(threads)
-    return summarise(cfg, algos, records)
+    result = summarise(cfg, algos, records)
+    for row in result["rows"]:
+        if row["name"] in profiles:
+            row["profile"] = profiles[row["name"]]
+    return result
+
+
+def profile_algorithm(algo: str, cfg: BenchConfig, data, log=None) -> dict[str, float]:
+    """Seconds per update by kind of work (:mod:`harness.bench_profile`): a fresh trainer, the same warm-up, one
+    profiled window of ``cfg.updates`` updates (whole periods). On CUDA the window is closed by a synchronisation."""
+    from harness.bench_profile import profile_window
+
+    trainer = make_trainer(algo, cfg, data)
+    perm, n = warm_up(trainer, cfg.updates)
+    _sync(trainer.device)
+    split = profile_window(trainer, perm, n)
+    if log:
+        print(f"profile {algo:>16}: " + ", ".join(f"{k} {s * 1e3:.2f}" for k, s in split.items()) + " ms/update",
+              file=log, flush=True)
+    return split
 
 
 def _range(values: list[float]) -> dict:
@@ -306,13 +334,16 @@ def table_text(result: dict, markdown: bool = False) -> str:
              f"{m['threads']} thread(s), torch {m['torch']}; {cfg['rounds']} interleaved rounds of "
              f"{cfg['updates']} updates; matmul floor for this network's products: {mm['median']:.1f} GFLOP/s "
              f"({mm['min']:.1f}–{mm['max']:.1f})")
-    if markdown:
-        lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines) + "\n"
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([title, "", fmt(head), *map(fmt, rows)]) + "\n"
+    return aligned_table(title, head, rows, markdown)
+
+
+def bench_text(result: dict, markdown: bool = False) -> str:
+    """The table, and where the time goes when the bench was profiled."""
+    if not any("profile" in r for r in result["rows"]):
+        return table_text(result, markdown)
+    from harness.bench_profile import profile_table
+
+    return table_text(result, markdown) + "\n" + profile_table(result, markdown)
 
 
 # ------------------------------------------------------------------------------------------ scaling

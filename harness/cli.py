@@ -167,7 +167,7 @@ def cmd_new_algorithm(args) -> int:
 def cmd_bench(args) -> int:
     import os
 
-    from harness.bench import BenchConfig, run_bench, table_text
+    from harness.bench import BenchConfig, bench_text, run_bench
     from harness.errors import ConfigError
     from harness.hparams import TrainConfig, parse_assignments
     from harness.registry import algorithm_names, get_algorithm
@@ -182,7 +182,9 @@ def cmd_bench(args) -> int:
                           f"valid: {', '.join(sorted(knobs))}")
     cfg = BenchConfig(algos=algos, network=args.network, dataset=args.dataset, batch_size=args.batch_size,
                       updates=args.updates, rounds=args.rounds, device=args.device,
-                      threads=args.threads or os.cpu_count() or 1, sets=sets)
+                      threads=args.threads or os.cpu_count() or 1, sets=sets, profile=args.profile)
+    if args.scaling and args.profile:
+        raise ConfigError("--profile splits one network's bench; it does not apply to --scaling")
     if args.scaling:
         from harness.bench import run_scaling, scaling_figure, scaling_table
 
@@ -208,8 +210,8 @@ def cmd_bench(args) -> int:
     if args.readme:
         from harness.store import write_text
 
-        write_text(readme, with_readme_block(readme.read_text(), table_text(result, markdown=True)))
-    print(to_json(result) if args.json else table_text(result, markdown=args.markdown), end="" if not args.json else "\n")
+        write_text(readme, with_readme_block(readme.read_text(), bench_text(result, markdown=True)))
+    print(to_json(result) if args.json else bench_text(result, markdown=args.markdown), end="" if not args.json else "\n")
     return 0
 
 
@@ -289,6 +291,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: every core)")
     b.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="training or algorithm hyperparameter, applied to each algorithm that has it (default: none)")
+    b.add_argument("--profile", action="store_true",
+                   help="also split each algorithm's time per update by kind of work (matmul, transcendental, random, "
+                        "optimizer, other ops, rest) with torch.profiler")
     b.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     b.add_argument("--markdown", action="store_true", help="the table as markdown (the README's performance section)")
     b.add_argument("--readme", metavar="FILE", default=None,

@@ -38,6 +38,18 @@ def table_lines(rows: list[list[str]], indent: str) -> list[str]:
     return [(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths))).rstrip() for r in rows]
 
 
+def aligned_table(title: str, head: list[str], rows: list[list[str]], markdown: bool = False) -> str:
+    """A title line, a blank line and the rows under ``head``: columns two spaces apart, the first left-aligned
+    and the rest right-aligned, or a markdown table."""
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
+    else:
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+        lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+                 for cells in (head, *rows)]
+    return "\n".join([title, "", *lines]) + "\n"
+
+
 def params_lines(described: list[dict], indent: str) -> list[str]:
     """Aligned columns (name, default, type and range, search space), then each one's doc and condition;
     ``described`` is ``HParams.describe()`` (as in an algorithm's spec)."""

@@ -119,3 +119,92 @@ def test_the_readme_has_the_bench_block():
 
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert text.count(README_BEGIN) == 1 and text.count(README_END) == 1
+
+
+# ------------------------------------------------------------------------------------------ --profile
+@pytest.mark.parametrize("name, kind", [
+    ("aten::mm", "matmul"), ("aten::addmm", "matmul"), ("aten::bmm", "matmul"), ("aten::baddbmm", "matmul"),
+    ("aten::addbmm", "matmul"), ("aten::mv", "matmul"), ("aten::addmv", "matmul"), ("aten::dot", "matmul"),
+    ("aten::vdot", "matmul"), ("aten::_linalg_svd", "matmul"), ("aten::linalg_svd", "matmul"),
+    ("aten::_linalg_eigh", "matmul"), ("aten::linalg_lstsq", "matmul"), ("aten::linalg_solve", "matmul"),
+    ("aten::_linalg_solve_ex", "matmul"), ("aten::mkldnn_convolution", "matmul"),
+    ("aten::convolution_backward", "matmul"),
+    ("aten::tanh", "transcendental"), ("aten::tanh_", "transcendental"), ("aten::atanh", "transcendental"),
+    ("aten::exp", "transcendental"), ("aten::exp_", "transcendental"), ("aten::log", "transcendental"),
+    ("aten::sigmoid", "transcendental"), ("aten::pow", "transcendental"), ("aten::_log_softmax", "transcendental"),
+    ("aten::_softmax", "transcendental"), ("aten::log1p", "transcendental"), ("aten::expm1", "transcendental"),
+    ("aten::normal_", "random"), ("aten::uniform_", "random"), ("aten::random_", "random"), ("aten::randn", "random"),
+    ("aten::rand", "random"), ("aten::randint", "random"), ("aten::randperm", "random"),
+    ("aten::bernoulli_", "random"), ("aten::bernoulli", "random"), ("aten::multinomial", "random"),
+    ("aten::exponential_", "random"),
+    ("aten::tanh_backward", "other ops"), ("aten::mul", "other ops"), ("aten::sqrt", "other ops"),
+    ("aten::copy_", "other ops"), ("aten::index", "other ops"), ("aten::_log_softmax_backward_data", "other ops"),
+    ("Optimizer.step#Adam.step", None), ("mm", None),
+])
+def test_profile_kinds_of_operations(name, kind):
+    from harness.bench_profile import op_kind
+
+    assert op_kind(name) == kind
+
+
+def test_profile_split_counts_each_operations_self_time_once():
+    """On a real profile: every aten operation's self time in exactly one kind; those inside an optimizer's step in
+    ``optimizer`` whatever they are (walked up explicitly here), the rest by name."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from harness.bench_profile import split_events
+
+    w = torch.randn(64, 64, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=1e-3, foreach=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            with torch.no_grad():
+                h = torch.tanh(torch.randn(32, 64) @ w)
+                w.grad = h.t() @ h
+            opt.step()
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+
+    def under_step(e):
+        while e.cpu_parent is not None:
+            e = e.cpu_parent
+            if e.name == "Optimizer.step#Adam.step":
+                return True
+        return False
+
+    want = {"matmul": 0.0, "transcendental": 0.0, "random": 0.0, "optimizer": 0.0, "other ops": 0.0}
+    for e in events:
+        kind = ("optimizer" if under_step(e) else "matmul" if e.name == "aten::mm" else "transcendental"
+                if e.name == "aten::tanh" else "random" if e.name in ("aten::randn", "aten::normal_") else "other ops")
+        want[kind] += e.self_cpu_time_total / 1e6
+    got = split_events(prof.events())
+    assert got == pytest.approx(want, rel=1e-9, abs=0)
+    assert min(got[k] for k in ("matmul", "transcendental", "random", "optimizer")) > 0
+
+
+def test_bench_profile_rows_table_and_json(capsys):
+    from harness.bench_profile import KINDS, with_rest
+
+    out = run_bench(BenchConfig(algos=["tp"], profile=True, **{**CFG, "rounds": 1, "updates": 4}))
+    rows = {r["name"]: r for r in out["rows"]}
+    for name in ("bp", "tp"):
+        p = rows[name]["profile"]
+        assert list(p) == ["profiled", *KINDS] and p["rest"] >= 0 and p["profiled"] > 0
+        kinds = sum(p[k] for k in KINDS if k != "rest")
+        assert p["rest"] == pytest.approx(max(0.0, p["profiled"] - kinds), abs=1e-12)
+    assert rows["bp"]["profile"]["random"] == 0 < rows["tp"]["profile"]["random"]  # tp draws its inverse's noise
+    assert rows["bp"]["profile"]["optimizer"] > 0 and "profile" not in rows[BARE]
+    assert with_rest({"matmul": 2.0, "random": 1.0}, 5.0) == {"profiled": 5.0, "matmul": 2.0, "random": 1.0, "rest": 2.0}
+    assert with_rest({"matmul": 6.0}, 5.0) == {"profiled": 5.0, "matmul": 6.0, "rest": 0.0}
+    from harness.bench import bench_text
+
+    text = bench_text(out).splitlines()
+    assert text[-3].startswith("algorithm  profiled ms/update  matmul ms (%)") and text[-2].startswith("bp ")
+    assert text[-1].startswith("tp ") and "where the time goes" in bench_text(out)
+    assert "where the time goes" not in bench_text({**out, "rows": [{k: v for k, v in r.items() if k != "profile"}
+                                                                     for r in out["rows"]]})
+    assert main(["bench", "--dataset", "digits", "--network", "mlp-1x8-tanh", "--updates", "2", "--rounds", "1",
+                 "--batch-size", "8", "--threads", "1", "--profile", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["rows"][0]["profile"]) == {"profiled", *KINDS}
+    assert main(["bench", "--dataset", "digits", "--profile", "--scaling", "x.png"]) == 2
+    assert "--profile" in capsys.readouterr().err
