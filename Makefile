@@ -58,10 +58,11 @@ sweep: install
 clean:
 	rm -rf $(VENV) .pytest_cache mutants
 
-# make bench [ALGO=bp,fa,...] [ARGS="--updates 400 --rounds 5"]: every algorithm's time and FLOPs per update
-# (Fashion-MNIST, mlp-5x256-tanh, batch 128) written into README.md's performance section
+# make bench [ALGO=bp,fa,...] [ARGS="--updates 400 --rounds 7"]: every algorithm's time and FLOPs per update and
+# where its time goes (Fashion-MNIST, mlp-5x256-tanh, batch 128, 5 rounds) written into README.md's performance
+# section; run it on an otherwise idle machine
 bench: install
-	$(BIN)/python -m harness.cli bench --algo '$(or $(ALGO),all)' $(ARGS) --readme README.md
+	$(BIN)/python -m harness.cli bench --algo '$(or $(ALGO),all)' --rounds 5 --profile $(ARGS) --readme README.md
 
 # docs/algorithms.md from the registry (tests/test_algorithms_contract.py fails when it is out of date)
 docs: install
