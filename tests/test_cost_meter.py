@@ -363,10 +363,12 @@ def test_between_epochs_work_is_feedback_counted_once_timed_always_and_amortised
     assert meter.cumulative_flops() == {"forward": 0, "credit": 6 * 128, "feedback": 2 * 1024}
     s = meter.summary()
     assert s["flops_per_update"]["total"] == pytest.approx(128 + 2 * 1024 / 6, rel=1e-12)
-    assert s["seconds_per_update"] == pytest.approx(10e-9 + 150e-9 / 6, rel=1e-9)
+    # (abs=0: pytest's default absolute tolerance, 1e-12, is larger than these nanoseconds)
+    assert s["seconds_per_update"] == pytest.approx(10e-9 + 150e-9 / 6, rel=1e-12, abs=0)
     assert s["seconds_per_update_median"] == pytest.approx(10e-9)  # the median is of updates alone
-    assert s["seconds_per_update_by_phase"]["feedback"] == pytest.approx(150e-9 / 6, rel=1e-9)
-    assert s["between_epochs"] == {"calls": 2, "flops_each": 1024, "seconds_mean": pytest.approx(75e-9)}
+    assert s["seconds_per_update_by_phase"]["feedback"] == pytest.approx(150e-9 / 6, rel=1e-12, abs=0)
+    assert s["seconds_per_update_by_phase"]["credit"] == pytest.approx(10e-9, rel=1e-12, abs=0)  # no interlude there
+    assert s["between_epochs"] == {"calls": 2, "flops_each": 1024, "seconds_mean": pytest.approx(75e-9, rel=1e-12, abs=0)}
     resumed = CostMeter(warmup=0, elementwise=False)
     resumed.load_state_dict(meter.state_dict())
     assert resumed.summary() == {**s, "peak_memory_bytes": resumed.summary()["peak_memory_bytes"]}
@@ -374,3 +376,23 @@ def test_between_epochs_work_is_feedback_counted_once_timed_always_and_amortised
     legacy = CostMeter()
     legacy.load_state_dict(old)  # a checkpoint from before between-epochs work
     assert legacy.interlude_flops is None and legacy.interlude_ns == []
+
+
+def test_between_epochs_is_counted_on_its_first_call_only_elementwise_included_from_the_first_update(clock):
+    """The interlude's FLOPs are its first call's (a later call, here doing more, is timed but not counted again),
+    its elementwise work is counted when the meter counts elementwise work, and its share is amortised from the
+    very first update on."""
+    meter = CostMeter(warmup=0, elementwise=True)
+    a = torch.randn(4, 4)
+    with meter.update(), meter.phase("forward"):
+        a.mul_(1.0)  # 16 FLOPs
+    with meter.between_epochs():
+        a.add_(1.0)  # 16 FLOPs, elementwise
+        clock.tick(30)
+    assert meter.flops_by_phase == {"forward": 16, "credit": 0, "feedback": 16}  # 1 update so far
+    with meter.between_epochs():
+        a.add_(1.0)
+        a.add_(1.0)  # more work than the first call: not counted again
+        clock.tick(50)
+    assert meter.interlude_flops == {"forward": 0, "credit": 0, "feedback": 16}
+    assert meter.flops_by_phase["feedback"] == 2 * 16 and meter.interlude_ns == [30, 50]
