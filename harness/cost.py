@@ -209,7 +209,7 @@ class CostMeter:
                 counter.__exit__(None, None, None)
                 self.interlude_flops = {p: 0 for p in PHASES} | {"feedback": int(counter.get_total_flops())}
             if self.cuda:
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(self.device)
             self.interlude_ns.append(time.perf_counter_ns() - t0)
 
     def _interlude_share(self) -> dict[str, float]:
@@ -232,8 +232,9 @@ class CostMeter:
             self._counter.__enter__()
             self._mark_flops = 0
         if self.cuda and timed:
+            stream = torch.cuda.current_stream(self.device)  # the trial's device, not the current one
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+            start.record(stream)
         t0 = time.perf_counter_ns()
         self._mark_ns = t0
         try:
@@ -244,21 +245,20 @@ class CostMeter:
                 self._counter.__exit__(None, None, None)
                 self._counter = None
                 self.kind_flops[kind] = {p: self._current.get(p, 0) for p in PHASES}
-            if timed:
+            if timed and self.cuda:  # phases are not timed: the host clock sees only kernel launches
+                end.record(stream)
+                self._cuda_events.append((kind, start, end))
+            elif timed:
                 by_phase = self.phase_ns.setdefault(kind, {p: [] for p in PHASES})
                 for p in PHASES:
                     by_phase[p].append(self._cur_ns.get(p, 0))
-                if self.cuda:
-                    end.record()
-                    self._cuda_events.append((kind, start, end))
-                else:
-                    self.step_ns.setdefault(kind, []).append(t1 - t0)
+                self.step_ns.setdefault(kind, []).append(t1 - t0)
             self.kind_updates[kind] = self.kind_updates.get(kind, 0) + 1
             self.updates_seen += 1
 
     def _resolve_cuda(self) -> None:
         if self._cuda_events:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
             for kind, s, e in self._cuda_events:
                 self.step_ns.setdefault(kind, []).append(int(s.elapsed_time(e) * 1e6))
             self._cuda_events = []
@@ -349,7 +349,8 @@ def _rss_kib(field: str) -> int | None:
 
 
 class MemoryWatch:
-    """Peak memory of one trial. CUDA: the allocator's peak since the trial started (stats reset).
+    """Peak memory of one trial. CUDA: the allocator's peak since the trial started (stats reset) over what was
+    allocated when it started (the dataset on the device, anything an earlier trial of the process still holds).
     CPU (Linux): the rise of the process's peak resident set size (VmHWM, reset through
     /proc/self/clear_refs) over its resident size when the trial started, i.e. what the trial's
     network, algorithm state, optimizer and activations added on top of the process (and the dataset
@@ -359,8 +360,10 @@ class MemoryWatch:
         self.device = torch.device(device)
         self.start_kib: int | None = None
         self.carried: int | None = None  # the peak before a resume (from the checkpoint)
+        self.start_bytes = 0
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_bytes = int(torch.cuda.memory_allocated(self.device))
             return
         try:
             with open("/proc/self/clear_refs", "w") as f:
@@ -371,7 +374,7 @@ class MemoryWatch:
 
     def peak_bytes(self) -> int | None:
         if self.device.type == "cuda":
-            now = int(torch.cuda.max_memory_allocated(self.device))
+            now = max(0, int(torch.cuda.max_memory_allocated(self.device)) - self.start_bytes)
         else:
             hwm = _rss_kib("VmHWM")
             if self.start_kib is None or hwm is None:

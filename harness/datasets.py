@@ -128,13 +128,15 @@ def _load_idx(cls_name: str, folder: str, system_dir: Path | None = None):
         from harness import store
 
         raw = root / folder / "raw"
-        if system_dir is not None and _idx_missing(folder)(root) and not _idx_missing(folder, system_dir)(root):
-            raw.mkdir(parents=True, exist_ok=True)
-            for f in IDX_FILES:
-                src = system_dir / (f + ".gz")
-                if src.exists() and not (raw / f).exists():
-                    with gzip.open(src, "rb") as fin:  # atomic: concurrent trials may do this at once
-                        store.write_bytes(raw / f, fin.read())
+        use_system = (system_dir is not None and _idx_missing(folder)(root)
+                      and not _idx_missing(folder, system_dir)(root))
+        for f in IDX_FILES:  # torchvision reads the decompressed files: unpack the .gz files found beside them
+            sources = [raw / (f + ".gz")] + ([system_dir / (f + ".gz")] if use_system else [])
+            src = next((p for p in sources if p.exists()), None)
+            if src is not None and not (raw / f).exists():
+                raw.mkdir(parents=True, exist_ok=True)
+                with gzip.open(src, "rb") as fin:  # atomic: concurrent trials may do this at once
+                    store.write_bytes(raw / f, fin.read())
         missing = _idx_missing(folder)(root)
         created = [d for d in (root, root / folder, raw) if not d.exists()]  # what a failed download leaves
         cls = getattr(torchvision.datasets, cls_name)

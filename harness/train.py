@@ -368,10 +368,11 @@ class Trainer:
         self.net.load_state_dict(ck["net"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.algo.load_extra_state(ck["algo"])
-        self.algo.gen.set_state(ck["algo_gen"])
-        self.data_gen.set_state(ck["data_gen"])
+        # generator states are CPU byte tensors, whatever the device (map_location moved them with the rest)
+        self.algo.gen.set_state(ck["algo_gen"].cpu())
+        self.data_gen.set_state(ck["data_gen"].cpu())
         self.meter.load_state_dict(ck["meter"])
-        torch.set_rng_state(ck["torch_rng"])
+        torch.set_rng_state(ck["torch_rng"].cpu())
 
 
 def summary_from_checkpoint(path: Path, *, status: str, stop_reason: str) -> dict:

@@ -237,7 +237,8 @@ class FakeEvent:
         assert enable_timing
         self.t = None
 
-    def record(self):
+    def record(self, stream):
+        assert stream == ("stream of", torch.device("cuda", 1))  # the trial's device's stream, not the current one
         FakeEvent.clock_ms += 1.5
         self.t = FakeEvent.clock_ms
 
@@ -246,23 +247,30 @@ class FakeEvent:
 
 
 def test_cuda_updates_are_timed_with_events_and_peak_memory_from_the_allocator(monkeypatch):
+    """On a GPU (here ``cuda:1``, faked): CUDA events on the trial's device's stream, resolved by synchronising that
+    device; no host-clock phase times (they would see kernel launches only); peak memory is the allocator's peak
+    over what was allocated when the trial started."""
     synced, resets = [], []
+    cuda1 = torch.device("cuda", 1)
     monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda: synced.append(1))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: ("stream of", device))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device: synced.append(device))
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: resets.append(device))
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 123_456 if device.type == "cuda" else -1)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 23_456 if device == cuda1 else -1)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 123_456 if device == cuda1 else -1)
     FakeEvent.clock_ms = 0.0
-    meter = CostMeter("cuda", warmup=2)
-    assert meter.device == torch.device("cuda") and meter.cuda and resets == [torch.device("cuda")]
+    meter = CostMeter("cuda:1", warmup=2)
+    assert meter.device == cuda1 and meter.cuda and resets == [cuda1]
     for i in range(5):
-        with meter.update(count_flops=(i == 2)):
+        with meter.update(count_flops=(i == 2)), meter.phase("credit"):
             pass
     assert meter.step_ns == {} and len(meter._cuda_events) == 2  # resolved lazily: no sync per update
     s = meter.summary()
-    assert synced and meter._cuda_events == []
+    assert synced == [cuda1] and meter._cuda_events == []
     assert meter.step_ns == {"update": [1_500_000, 1_500_000]}  # 1.5 ms between start and end events, in ns
     assert s["seconds_per_update"] == pytest.approx(1.5e-3) and s["timed_updates"] == 2
-    assert s["peak_memory_bytes"] == 123_456
+    assert "seconds_per_update_by_phase" not in s and meter.phase_ns == {}
+    assert s["peak_memory_bytes"] == 100_000
     with meter.update(count_flops=False):
         pass
     assert meter.state_dict()["step_ns"] == {"update": [1_500_000] * 3}  # a checkpoint resolves pending events

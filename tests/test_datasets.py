@@ -35,6 +35,22 @@ def test_idx_loaders_on_generated_files(tmp_path, name, folder):
     assert len(d.fingerprint) == 16 and not d.augment
 
 
+def test_idx_folder_holding_only_the_gz_files_loads(tmp_path):
+    """A data folder with the four .gz files as distributed (a copy of the dataset carried to another machine):
+    they are unpacked beside themselves and load as the plain files do."""
+    import gzip
+
+    raw = write_idx(tmp_path / "plain", "FashionMNIST")
+    packed = tmp_path / "packed" / "FashionMNIST" / "raw"
+    packed.mkdir(parents=True)
+    for f in raw.iterdir():
+        (packed / (f.name + ".gz")).write_bytes(gzip.compress(f.read_bytes()))
+    a = load_dataset("fashion-mnist", data_dir=tmp_path / "plain", val_size=50)
+    b = load_dataset("fashion-mnist", data_dir=tmp_path / "packed", val_size=50)
+    assert a.fingerprint == b.fingerprint and torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    assert sorted(p.name for p in packed.iterdir() if not p.name.endswith(".gz")) == sorted(p.name for p in raw.iterdir())
+
+
 def test_cifar_loader_on_generated_pickles(tmp_path, monkeypatch):
     import torchvision.datasets.cifar as cifar
 
