@@ -360,7 +360,6 @@ class MemoryWatch:
         self.device = torch.device(device)
         self.start_kib: int | None = None
         self.carried: int | None = None  # the peak before a resume (from the checkpoint)
-        self.start_bytes = 0
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start_bytes = int(torch.cuda.memory_allocated(self.device))
@@ -374,7 +373,7 @@ class MemoryWatch:
 
     def peak_bytes(self) -> int | None:
         if self.device.type == "cuda":
-            now = max(0, int(torch.cuda.max_memory_allocated(self.device)) - self.start_bytes)
+            now = int(torch.cuda.max_memory_allocated(self.device)) - self.start_bytes  # the reset peak ≥ the start
         else:
             hwm = _rss_kib("VmHWM")
             if self.start_kib is None or hwm is None:

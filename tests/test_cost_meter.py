@@ -271,6 +271,9 @@ def test_cuda_updates_are_timed_with_events_and_peak_memory_from_the_allocator(m
     assert s["seconds_per_update"] == pytest.approx(1.5e-3) and s["timed_updates"] == 2
     assert "seconds_per_update_by_phase" not in s and meter.phase_ns == {}
     assert s["peak_memory_bytes"] == 100_000
+    with meter.between_epochs():  # timed on the trial's device too
+        pass
+    assert synced == [cuda1, cuda1] and len(meter.interlude_ns) == 1
     with meter.update(count_flops=False):
         pass
     assert meter.state_dict()["step_ns"] == {"update": [1_500_000] * 3}  # a checkpoint resolves pending events
