@@ -6,9 +6,9 @@ usage: .venv/bin/python sweeps/studies/timing.py [sweeps/studies/rfl-issue10.txt
 Each configuration is a line of the study list (same algorithm, seed and --set values as
 sweeps/studies/run.sh uses, training and algorithm knobs alike; Fashion-MNIST, the list's network from
 its '#% NETWORK EPOCHS' line, default mlp-5x256-tanh). The dataset is loaded once;
-every round builds each configuration's trainer afresh, runs one untimed update, then times a
-window of whole periods: `--updates` updates, raised to a multiple of `sleep_every` for sleep–wake
-configurations, so the window holds exactly updates/S sleeps (the amortised mean, sleeps included).
+every round builds each configuration's trainer afresh and times it as ``creditbench bench`` does
+(``harness.bench.time_trainer``: warm-up, then a window of whole periods of `--updates` updates or more,
+so a sleep–wake window holds exactly updates/S sleeps: the amortised mean, sleeps included).
 Configurations run one after another within a round, so machine load hits all of them alike; the
 figure is the median over rounds of each round's ratio to the reference, with the range.
 Single-threaded (torch.set_num_threads(1)), as each trial of a sweep. Each round also times
@@ -20,15 +20,13 @@ yardstick for the harness's own overhead.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
-import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from harness.bench import bare_bp_seconds
+from harness.bench import BenchConfig, bare_bp_seconds, make_trainer, time_trainer
 from harness.datasets import load_dataset
 from harness.hparams import TrainConfig, split_overrides
 from harness.network_presets import resolve_spec
@@ -69,31 +67,12 @@ def selected(rows: dict, only: str | None, reference: str) -> list[str]:
 
 
 def trainer_for(row: tuple[str, int, dict[str, str]], data, network: str) -> Trainer:
-    """A fresh trainer of one list line (algorithm, seed, --set values), its pre-training done."""
+    """A fresh trainer of one list line (algorithm, seed, --set values), its pre-training done, as the bench builds
+    it (one thread, as each trial of a sweep)."""
     algo, seed, sets = row
-    train, params = split_overrides(sets, get_algorithm(algo).Params, algo)
-    trainer = Trainer({"algo": algo, "dataset": DATASET, "network": network, "seed": seed, "threads": 1,
-                       "train": {"epochs": EPOCHS, **train}, "params": params}, data=data)
-    trainer._pretrain()
-    return trainer
-
-
-def timed_window(trainer: Trainer, n: int) -> float:
-    """Mean wall seconds per update over n updates (batching, the algorithm's step, the optimiser)."""
-    data, bs, meter, algo, opt = trainer.data, trainer.tc.batch_size, trainer.meter, trainer.algo, trainer.optimizer
-    perm = torch.randint(len(data.y_train), ((n + 1) * bs,), generator=trainer.data_gen)
-
-    def update(i: int) -> None:
-        x, y = data.train_batch(perm[i * bs:(i + 1) * bs], trainer.data_gen)
-        with meter.update(algo.update_kind()):
-            algo.step(x, y)
-            opt.step()
-
-    update(0)  # the first update (after the pretrain sleep), untimed
-    t0 = time.perf_counter()
-    for i in range(1, n + 1):
-        update(i)
-    return (time.perf_counter() - t0) / n
+    batch = int(sets.get("batch_size", TrainConfig.model_fields["batch_size"].default))
+    cfg = BenchConfig(algos=[algo], network=network, dataset=DATASET, batch_size=batch, threads=1)
+    return make_trainer(algo, cfg, data, seed=seed, sets={"epochs": str(EPOCHS), **sets})
 
 
 BARE = "bare-pytorch-bp"
@@ -126,11 +105,9 @@ def main() -> None:
                                                                 ref_train.batch_size)})
                 print(f"round {r} {name:>18}: {records[-1]['s_per_update'] * 1e3:8.2f} ms/update", flush=True)
                 continue
-            trainer, sets = trainer_for(rows[name], data, network), rows[name][2]
-            period = int(sets.get("sleep_every", 1)) if sets.get("schedule") == "sleep_wake" else 1
-            n = math.ceil(args.updates / period) * period
-            records.append({"round": r, "trial": name, "updates": n, "s_per_update": timed_window(trainer, n)})
-            print(f"round {r} {name:>18}: {records[-1]['s_per_update'] * 1e3:8.2f} ms/update over {n}", flush=True)
+            timed = time_trainer(trainer_for(rows[name], data, network), args.updates)
+            records.append({"round": r, "trial": name, "updates": timed["updates"], "s_per_update": timed["mean_s"]})
+            print(f"round {r} {name:>18}: {timed['mean_s'] * 1e3:8.2f} ms/update over {timed['updates']}", flush=True)
     df = pd.DataFrame(records)
     if args.out:
         df.to_csv(args.out, index=False)
