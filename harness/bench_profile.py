@@ -41,10 +41,9 @@ def op_kind(name: str) -> str | None:
     if not name.startswith("aten::"):
         return None
     op = name[len("aten::"):]
-    base = op.rstrip("_") if op not in RANDOM_OPS else op
     if op in MATMUL_OPS or "convolution" in op:
         return "matmul"
-    if base in TRANSCENDENTAL_OPS or op in TRANSCENDENTAL_OPS:
+    if op.removesuffix("_") in TRANSCENDENTAL_OPS:  # in place or not
         return "transcendental"
     if op in RANDOM_OPS:
         return "random"

@@ -49,6 +49,7 @@ SCOPE: dict[str, list[str]] = {
                             ("Activation", "Tanh", "LeakyReLU", "ReLU", "Identity", "Layer", "Linear", "Conv",
                              "Network", "Forward")],
     "harness/algorithm.py": ["x_output_error__*"],
+    "harness/bench_profile.py": ["*"],  # how `bench --profile` splits time by kind of work
 }
 EQUIVALENT = ROOT / "tests" / "equivalent_mutants.md"
 PURE_DECORATORS = {"torch.no_grad()", "contextmanager"}
