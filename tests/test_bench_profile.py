@@ -138,9 +138,11 @@ class _Trainer:
 def test_profile_window_is_per_update_of_its_own_wall_time():
     from harness.bench_profile import KINDS, profile_window
 
-    split = profile_window(_Trainer(), None, 5)
-    assert 0.004 <= split["profiled"] < 0.04  # per update, not per window
-    assert 0 < split["matmul"] < 0.004 and split["rest"] >= 0.004 * 0.9
+    trainer = _Trainer()
+    trainer.train_batches(None, 2)  # the first products of a process set up the BLAS
+    split = profile_window(trainer, None, 5)
+    assert 0.004 <= split["profiled"] < 0.05  # per update, not per window (that would be ≥ 5 × 4 ms · 5)
+    assert 0 < split["matmul"] < split["profiled"] - 0.0036 and split["rest"] >= 0.0036  # the sleep is rest
     assert split["profiled"] == pytest.approx(sum(split[k] for k in KINDS), rel=1e-12)
 
 
