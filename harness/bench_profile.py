@@ -5,12 +5,13 @@ costs about as much time as twenty of a multiply, and a random number more than 
 therefore exceed the FLOP ratio with no harness overhead at all. This splits the time per update into
 
 * ``matmul``: matrix products, convolutions and decompositions (the work the FLOP count is dominated by);
-* ``transcendental``: ``tanh``, ``atanh``, ``exp``, ``log``, ``sigmoid``, ``pow`` and the softmaxes;
+* ``transcendental``: ``tanh``, ``atanh``, ``exp``, ``log``, ``sigmoid``, ``pow``, the softmaxes and their backward;
 * ``random``: drawing random numbers (noise, random feedback magnitudes, batch permutations);
 * ``optimizer``: every tensor operation inside an optimizer's ``step`` (the shared one and any feedback one);
-* ``other ops``: every other tensor operation (multiplies, adds, copies, reductions, indexing);
-* ``rest``: the profiled window's wall time minus all of the above: Python, dispatch, allocation and the
-  profiler's own recording (on CUDA, where the kinds are the device time of the kernels each operation
+* ``other ops``: every other tensor operation (multiplies, adds, copies, reductions, indexing, and the views,
+  transposes, type conversions and allocations the profiler records as operations of their own);
+* ``rest``: the profiled window's wall time minus all of the above: Python, dispatch outside the recorded
+  operations and the profiler's own recording (on CUDA, where the kinds are the device time of the kernels each operation
   launched: the device's idle time).
 
 Each operation's *self* time counts once (its children are counted in their own kind). The split comes from one
@@ -28,10 +29,11 @@ from harness.listing import aligned_table
 
 KINDS = ("matmul", "transcendental", "random", "optimizer", "other ops", "rest")
 
-MATMUL_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "addbmm", "mv", "addmv", "dot", "vdot", "_linalg_svd",
-                        "linalg_svd", "_linalg_eigh", "linalg_lstsq", "linalg_solve", "_linalg_solve_ex"})
+MATMUL_OPS = frozenset({"mm", "addmm", "_addmm_activation", "bmm", "baddbmm", "addbmm", "mv", "addmv", "addr", "dot",
+                        "vdot", "_linalg_svd", "linalg_svd", "_linalg_eigh", "linalg_lstsq", "linalg_solve",
+                        "_linalg_solve_ex", "linalg_inv_ex", "linalg_cholesky_ex", "linalg_qr"})
 TRANSCENDENTAL_OPS = frozenset({"tanh", "atanh", "exp", "log", "sigmoid", "pow", "_log_softmax", "_softmax",
-                                "log1p", "expm1"})
+                                "_log_softmax_backward_data", "_softmax_backward_data", "log1p", "expm1"})
 RANDOM_OPS = frozenset({"normal_", "uniform_", "random_", "randn", "rand", "randint", "randperm", "bernoulli_",
                         "bernoulli", "multinomial", "exponential_"})
 
@@ -41,9 +43,10 @@ def op_kind(name: str) -> str | None:
     if not name.startswith("aten::"):
         return None
     op = name[len("aten::"):]
-    if op in MATMUL_OPS or "convolution" in op:
+    base = op.removesuffix("_")  # in place or not
+    if base in MATMUL_OPS or "convolution" in op:
         return "matmul"
-    if op.removesuffix("_") in TRANSCENDENTAL_OPS:  # in place or not
+    if base in TRANSCENDENTAL_OPS:
         return "transcendental"
     if op in RANDOM_OPS:
         return "random"

@@ -90,16 +90,18 @@ def _pinv(a_shape, *args, out_shape=None, **kwargs) -> int:
     return math.prod(a_shape[:-2]) * (svd_flops(m, n) + n * k + 2 * m * n * k)
 
 
-def _grouped(tensors, *args, out_shape=None, **kwargs) -> int:
-    """A grouped (``_foreach_*``) form of an elementwise op, as optimizers with ``foreach=True`` run it: one
-    FLOP per element of every tensor in its first list, as the per-tensor ops it stands for. (The counter sees
-    the grouped op only: on CPU its per-tensor loop runs below the dispatch mode.)"""
-    return _numel(tensors)
+def _grouped(*args, out_shape=None, **kwargs) -> int:
+    """A grouped (``_foreach_*``) form of an elementwise op or reduction, as optimizers with ``foreach=True`` and
+    ``clip_grad_norm_`` run it: one FLOP per element of every tensor in its first list of tensors (wherever it
+    stands: ``_foreach_pow(scalar, tensors)``), as the per-tensor ops it stands for. (The counter sees the grouped
+    op only: on CPU its per-tensor loop runs below the dispatch mode.)"""
+    lists = [a for a in args if isinstance(a, (list, tuple)) and a and isinstance(a[0], (list, tuple, torch.Size))]
+    return _numel(lists[0]) if lists else 0
 
 
 # every elementwise op's grouped forms, out-of-place and in place (``_foreach_add``, ``_foreach_add_``, ...)
 _GROUPED = [getattr(aten, f"_foreach_{op.__name__.split('.')[-1].rstrip('_')}{suffix}")
-            for op in _ELEMENTWISE for suffix in ("", "_")
+            for op in _ELEMENTWISE + _REDUCTIONS for suffix in ("", "_")
             if hasattr(aten, f"_foreach_{op.__name__.split('.')[-1].rstrip('_')}{suffix}")]
 ELEMENTWISE_MAPPING = {**{op: _elementwise for op in _ELEMENTWISE}, **{op: _reduction for op in _REDUCTIONS},
                        **{op: _grouped for op in _GROUPED}}

@@ -125,18 +125,14 @@ def _load_idx(cls_name: str, folder: str, system_dir: Path | None = None):
     def load(root: Path):
         import torchvision
 
-        from harness import store
-
         raw = root / folder / "raw"
         use_system = (system_dir is not None and _idx_missing(folder)(root)
                       and not _idx_missing(folder, system_dir)(root))
         for f in IDX_FILES:  # torchvision reads the decompressed files: unpack the .gz files found beside them
             sources = [raw / (f + ".gz")] + ([system_dir / (f + ".gz")] if use_system else [])
             src = next((p for p in sources if p.exists()), None)
-            if src is not None and not (raw / f).exists():
-                raw.mkdir(parents=True, exist_ok=True)
-                with gzip.open(src, "rb") as fin:  # atomic: concurrent trials may do this at once
-                    store.write_bytes(raw / f, fin.read())
+            if src is not None and (not (raw / f).exists() or src.stat().st_mtime > (raw / f).stat().st_mtime):
+                _unpack_gz(src, raw / f, cls_name)  # absent, or older than a replaced .gz
         missing = _idx_missing(folder)(root)
         created = [d for d in (root, root / folder, raw) if not d.exists()]  # what a failed download leaves
         cls = getattr(torchvision.datasets, cls_name)
@@ -174,6 +170,24 @@ def _load_cifar10(root: Path):
         raise DataError(_missing_message("CIFAR-10", root / "cifar-10-batches-py", CIFAR_FILES, exc)) from None
     to_nchw = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2))  # noqa: E731
     return to_nchw(train.data), np.asarray(train.targets), to_nchw(test.data), np.asarray(test.targets)
+
+
+def _unpack_gz(src: Path, dst: Path, what: str) -> None:
+    """``dst`` from the gzip file ``src``, written atomically (concurrent trials may do this at once); a bad
+    archive or an unwritable folder ends in one line naming it."""
+    from harness import store
+
+    try:
+        with gzip.open(src, "rb") as fin:
+            data = fin.read()
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a truncated file ends in EOFError
+        raise DataError(_damaged_message(what, src.parent, exc)) from None
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        store.write_bytes(dst, data)
+    except OSError as exc:
+        raise DataError(f"cannot write the unpacked {dst.name} in {dst.parent} ({exc.strerror or exc}); make the "
+                        f"folder writable or pass another --data-dir") from None
 
 
 def _damaged_message(what: str, folder: Path, exc: Exception) -> str:

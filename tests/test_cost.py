@@ -199,3 +199,23 @@ def test_max_pooling_is_counted_per_input_element():
     with flop_counter() as c:
         y.backward(g)
     assert c.get_total_flops() == 252
+
+
+def test_grouped_reductions_and_a_scalar_first_grouped_op_are_counted_as_their_loops():
+    """``clip_grad_norm_`` (grouped norms on CPU too) and ``_foreach_pow(scalar, tensors)`` (the list second)."""
+    from harness.cost import flop_counter
+
+    counts = {}
+    for foreach in (False, True):
+        params = [torch.randn(7, 5, requires_grad=True), torch.randn(3, requires_grad=True)]
+        for q in params:
+            q.grad = torch.ones_like(q)
+        with flop_counter() as c:
+            torch.nn.utils.clip_grad_norm_(params, 0.5, foreach=foreach)
+        counts[foreach] = c.get_total_flops()
+    assert counts[True] == counts[False] >= 2 * 38
+    ts = [torch.randn(7, 5), torch.randn(3)]
+    with flop_counter() as c:
+        torch._foreach_pow(2.0, ts)
+        torch._foreach_max(ts)
+    assert c.get_total_flops() == 2 * 38

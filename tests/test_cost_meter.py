@@ -256,7 +256,8 @@ def test_cuda_updates_are_timed_with_events_and_peak_memory_from_the_allocator(m
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device: ("stream of", device))
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device: synced.append(device))
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: resets.append(device))
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 23_456 if device == cuda1 else -1)
+    allocated = iter([23_456, 99_999_999])  # what the trial starts with, then anything later
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: next(allocated) if device == cuda1 else -1)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 123_456 if device == cuda1 else -1)
     FakeEvent.clock_ms = 0.0
     meter = CostMeter("cuda:1", warmup=2)

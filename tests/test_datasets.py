@@ -51,6 +51,64 @@ def test_idx_folder_holding_only_the_gz_files_loads(tmp_path):
     assert sorted(p.name for p in packed.iterdir() if not p.name.endswith(".gz")) == sorted(p.name for p in raw.iterdir())
 
 
+def _gz_only(tmp_path, name="packed"):
+    import gzip
+
+    raw = write_idx(tmp_path / "plain", "FashionMNIST")
+    packed = tmp_path / name / "FashionMNIST" / "raw"
+    packed.mkdir(parents=True)
+    for f in raw.iterdir():
+        (packed / (f.name + ".gz")).write_bytes(gzip.compress(f.read_bytes()))
+    return raw, packed
+
+
+def test_idx_gz_bad_archives_end_in_one_line_and_a_replaced_archive_is_unpacked_again(tmp_path):
+    import gzip
+    import os
+
+    raw, packed = _gz_only(tmp_path)
+    good = (packed / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    (packed / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match=r"^FashionMNIST files in .*raw could not be read \(BadGzipFile") as e:
+        load_dataset("fashion-mnist", data_dir=tmp_path / "packed", val_size=50)
+    assert "\n" not in str(e.value)
+    (packed / "t10k-labels-idx1-ubyte.gz").write_bytes(good[:len(good) // 2])  # truncated
+    with pytest.raises(DataError, match="EOFError"):
+        load_dataset("fashion-mnist", data_dir=tmp_path / "packed", val_size=50)
+    # an archive of damaged contents unpacks to a damaged file; replacing the archive is enough to repair it
+    (packed / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"garbage"))
+    with pytest.raises(DataError, match="damaged"):
+        load_dataset("fashion-mnist", data_dir=tmp_path / "packed", val_size=50)
+    (packed / "t10k-labels-idx1-ubyte.gz").write_bytes(good)
+    later = (packed / "t10k-labels-idx1-ubyte").stat().st_mtime + 10
+    os.utime(packed / "t10k-labels-idx1-ubyte.gz", (later, later))
+    b = load_dataset("fashion-mnist", data_dir=tmp_path / "packed", val_size=50)
+    assert b.fingerprint == load_dataset("fashion-mnist", data_dir=tmp_path / "plain", val_size=50).fingerprint
+
+
+def test_idx_gz_an_unpacked_file_newer_than_its_archive_is_kept_and_a_local_copy_wins(tmp_path, monkeypatch):
+    import os
+
+    import harness.datasets as datasets
+
+    raw, packed = _gz_only(tmp_path)
+    load_dataset("fashion-mnist", data_dir=tmp_path / "packed", val_size=50)
+    unpacked = packed / "train-labels-idx1-ubyte"
+    past = unpacked.stat().st_mtime - 10
+    os.utime(packed / "train-labels-idx1-ubyte.gz", (past, past))
+    calls, real = [], datasets._unpack_gz
+    monkeypatch.setattr(datasets, "_unpack_gz", lambda src, dst, what: (calls.append(src), real(src, dst, what)))
+    load_dataset("fashion-mnist", data_dir=tmp_path / "packed", val_size=50)
+    assert calls == []  # every plain file is there and newer than its archive: nothing unpacked again
+    # a complete local set is used even where the system folder has the dataset too
+    _, system = _gz_only(tmp_path, "system")
+    spec = datasets.DATASETS.get("fashion-mnist")
+    monkeypatch.setattr(spec, "load_raw", datasets._load_idx("FashionMNIST", "FashionMNIST", system))
+    (packed / "train-labels-idx1-ubyte").unlink()
+    load_dataset("fashion-mnist", data_dir=tmp_path / "packed", val_size=50)
+    assert calls == [packed / "train-labels-idx1-ubyte.gz"]
+
+
 def test_cifar_loader_on_generated_pickles(tmp_path, monkeypatch):
     import torchvision.datasets.cifar as cifar
 

@@ -35,9 +35,10 @@ def where(exc):
 def check(algo, sets, cfg, data, updates, cuda):
     trainer = bench.make_trainer(algo, cfg, data, sets=sets)
     perm, n = bench.warm_up(trainer, updates)
+    device = trainer.device
     sync = "skipped (cpu)"
     if cuda:  # the window only: setup, warm-up and FLOP counting may synchronise
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
         torch.cuda.set_sync_debug_mode("error")
     t0 = time.perf_counter()
     try:
@@ -50,7 +51,7 @@ def check(algo, sets, cfg, data, updates, cuda):
     finally:
         if cuda:
             torch.cuda.set_sync_debug_mode("default")
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
     window = f"{(time.perf_counter() - t0) / n * 1e3:8.3f} ms/update" if not sync.startswith("SYNC") else "–"
     cost = trainer.meter.summary()
     peak = f"{cost['peak_memory_bytes'] / 2**20:8.2f} MiB" if cost["peak_memory_bytes"] is not None else " n/a"

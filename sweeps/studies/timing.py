@@ -28,6 +28,7 @@ import torch
 
 from harness.bench import BenchConfig, bare_bp_seconds, make_trainer, time_trainer
 from harness.datasets import load_dataset
+from harness.errors import CreditbenchError
 from harness.hparams import TrainConfig, split_overrides
 from harness.network_presets import resolve_spec
 from harness.registry import get_algorithm
@@ -90,6 +91,9 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = read_list(args.list)
     names = selected(rows, args.only, args.reference)
+    for name in names:  # every line's knobs checked before anything is timed
+        algo, _, sets = rows[name]
+        split_overrides(sets, get_algorithm(algo).Params, algo)
     data = load_dataset(DATASET)
     network = list_network(args.list)
     spec = resolve_spec(network)
@@ -121,4 +125,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except CreditbenchError as exc:  # a bad list line or knob: one line, not a traceback
+        raise SystemExit(f"error: {exc}") from None
