@@ -219,3 +219,10 @@ def test_grouped_reductions_and_a_scalar_first_grouped_op_are_counted_as_their_l
         torch._foreach_pow(2.0, ts)
         torch._foreach_max(ts)
     assert c.get_total_flops() == 2 * 38
+
+
+def test_grouped_count_of_empty_lists_is_zero():
+    from harness import cost
+
+    assert cost._grouped([], 1.0) == 0 and cost._grouped(2.0, 3) == 0  # nothing to count
+    assert cost._grouped(2.0, [[3, 4], (5,)], [[7]], out_shape=None) == 17  # the first list of shapes
