@@ -61,6 +61,21 @@ class LearnedFeedback(FeedbackAlignment):
         self.B[l - 1] = torch.add(self.B[l - 1] * (1 - rate * decay), G, alpha=coef)
 
 
+# The rule's two knobs, shared by kp and pc-kp. Declarations, run once at import (before a mutation run activates
+# any mutant, like every class-body hp()): not mutated; docs/algorithms.md pins every declared knob.
+# pragma: no mutate start
+def feedback_lr_hp(update: str):
+    """η_B, documented with the host's update of B (``update``)."""
+    return hp(0.1, f"η_B: plain-SGD learning rate of B_l ({update}); with optimizer=sgd and lr = feedback_lr, "
+                   "W and B get identical updates", gt=0, le=100, search=loguniform(1e-3, 1.0))
+
+
+def decay_hp():
+    return hp(1e-3, "λ: decay of both W_l (added to its pseudo-gradient) and B_l; W − B shrinks by (1 − ηλ) per "
+                    "update under sgd at lr = feedback_lr", ge=0, le=10, search=loguniform(1e-5, 1e-2))
+# pragma: no mutate end
+
+
 class KolenPollackRule:
     """The Kolen–Pollack update, for any rule whose ``compute_update`` leaves G_l in W_l's ``.grad`` and whose
     feedback B is a list ``B[l − 1]`` of W_l's shape (kp here, pc-kp on predictive coding; not registered):
@@ -103,9 +118,5 @@ class KolenPollack(KolenPollackRule, LearnedFeedback):
                           "so B_l − W_l → 0 without reading W")
 
     class Params(FeedbackAlignment.Params):
-        feedback_lr: float = hp(0.1, "η_B: plain-SGD learning rate of B_l (B_l ← B_l − η_B(δ_l h_{l-1}ᵀ + λB_l)); "
-                                "with optimizer=sgd and lr = feedback_lr, W and B get identical updates",
-                                gt=0, le=100, search=loguniform(1e-3, 1.0))
-        decay: float = hp(1e-3, "λ: decay of both W_l (added to its pseudo-gradient) and B_l; W − B shrinks "
-                          "by (1 − ηλ) per update under sgd at lr = feedback_lr", ge=0, le=10,
-                          search=loguniform(1e-5, 1e-2))
+        feedback_lr: float = feedback_lr_hp("B_l ← B_l − η_B(δ_l h_{l-1}ᵀ + λB_l)")
+        decay: float = decay_hp()

@@ -16,10 +16,9 @@ is ``feedback`` work (2 FLOPs per entry), W's decay ``credit``: kp's ``KolenPoll
 """
 
 from harness.algorithm import Plausibility
-from harness.hparams import hp, loguniform
 from harness.registry import register_algorithm
 
-from algorithms.kp import KolenPollackRule
+from algorithms.kp import KolenPollackRule, decay_hp, feedback_lr_hp
 from algorithms.pc_fa import PredictiveCodingFA
 
 
@@ -33,12 +32,8 @@ class PredictiveCodingKP(KolenPollackRule, PredictiveCodingFA):
                  "ICNN")
 
     class Params(PredictiveCodingFA.Params):
-        feedback_lr: float = hp(0.1, "η_B: plain-SGD learning rate of B_l (B_l ← B_l − η_B(G_l + λB_l)); with "
-                                "optimizer=sgd and lr = feedback_lr, W and B get identical updates",
-                                gt=0, le=100, search=loguniform(1e-3, 1.0))
-        decay: float = hp(1e-3, "λ: decay of both W_l (added to its pseudo-gradient) and B_l; W − B shrinks by "
-                          "(1 − ηλ) per update under sgd at lr = feedback_lr", ge=0, le=10,
-                          search=loguniform(1e-5, 1e-2))
+        feedback_lr: float = feedback_lr_hp("B_l ← B_l − η_B(G_l + λB_l)")
+        decay: float = decay_hp()
 
     def plausibility(self):
         return Plausibility(weight_transport=False, local=True, phases="single", feedback_learning=True,
